@@ -1,0 +1,35 @@
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from api.models import ApiToken
+
+
+class ApiTokenAuthentication(authentication.BaseAuthentication):
+    """`Authorization: Token <secret>`. Revoked or expired tokens stop working at once (checked every request)."""
+
+    keyword = "Token"
+
+    def authenticate(self, request: Request) -> tuple[Any, ApiToken] | None:
+        header = authentication.get_authorization_header(request).split()
+        if not header or header[0].lower() != self.keyword.lower().encode():
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("Authorization header must be 'Token <secret>'")
+        try:
+            secret = header[1].decode()
+        except UnicodeError:
+            raise exceptions.AuthenticationFailed("the token contains invalid characters") from None
+        token = ApiToken.objects.select_related("user").filter(digest=ApiToken.hash(secret)).first()
+        if token is None or not token.is_active or not token.user.is_active:
+            raise exceptions.AuthenticationFailed("invalid, expired or revoked token")
+        now = timezone.now()
+        if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        return token.user, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return self.keyword

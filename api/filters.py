@@ -1,0 +1,61 @@
+import django_filters
+from django.db.models import Q, QuerySet
+
+from catalog import rules
+from catalog.models import AuditLogEntry, ChangeRequest, Feature
+from provisioning.models import ProvisioningRun
+
+
+class FeatureFilter(django_filters.FilterSet):
+    environment = django_filters.CharFilter(field_name="environment__name")
+    component = django_filters.CharFilter(field_name="component__key")
+    owner = django_filters.CharFilter(field_name="owner__slug")
+    online = django_filters.BooleanFilter()
+    status = django_filters.ChoiceFilter(choices=Feature.Status.choices)
+    dtype = django_filters.ChoiceFilter(choices=[(d, d) for d in rules.DTYPES])
+    name = django_filters.CharFilter()
+    tag = django_filters.CharFilter(method="filter_tag")
+    search = django_filters.CharFilter(method="filter_search", help_text="Text in the name, description or source.")
+
+    class Meta:
+        model = Feature
+        fields = ["environment", "component", "owner", "online", "status", "dtype", "name"]
+
+    def filter_search(self, queryset: QuerySet[Feature], name: str, value: str) -> QuerySet[Feature]:
+        return queryset.filter(Q(name__icontains=value) | Q(description__icontains=value) | Q(source__icontains=value))
+
+    def filter_tag(self, queryset: QuerySet[Feature], name: str, value: str) -> QuerySet[Feature]:
+        # JSON containment is not portable to SQLite; tags are short, so match the quoted tag in the JSON text.
+        return queryset.filter(tags__icontains=f'"{value}"')
+
+
+class ChangeRequestFilter(django_filters.FilterSet):
+    environment = django_filters.CharFilter(field_name="environment__name")
+    state = django_filters.MultipleChoiceFilter(choices=ChangeRequest.State.choices)
+    author = django_filters.CharFilter(field_name="author__username")
+    is_breaking = django_filters.BooleanFilter()
+
+    class Meta:
+        model = ChangeRequest
+        fields = ["environment", "state", "author", "is_breaking"]
+
+
+class ProvisioningRunFilter(django_filters.FilterSet):
+    environment = django_filters.CharFilter(field_name="environment__name")
+    state = django_filters.ChoiceFilter(choices=ProvisioningRun.State.choices)
+
+    class Meta:
+        model = ProvisioningRun
+        fields = ["environment", "state", "change_request"]
+
+
+class AuditLogFilter(django_filters.FilterSet):
+    actor = django_filters.CharFilter(field_name="actor_name")
+    action = django_filters.CharFilter()
+    action_prefix = django_filters.CharFilter(field_name="action", lookup_expr="startswith")
+    since = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="lt")
+
+    class Meta:
+        model = AuditLogEntry
+        fields = ["actor", "action", "object_type", "object_id", "environment"]

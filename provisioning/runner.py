@@ -1,0 +1,1 @@
+"""Executes provisioning runs. Filled in by the provisioning engine (issue 3)."""

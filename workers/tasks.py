@@ -1,0 +1,42 @@
+"""Celery tasks: thin interfaces that load a row by id and call a service. Safe to deliver twice."""
+
+import logging
+import os
+import socket
+from typing import Any
+
+from celery import shared_task
+from celery.signals import task_postrun, task_prerun
+
+from config.logging import job_id_var
+
+logger = logging.getLogger(__name__)
+
+
+@task_prerun.connect
+def _bind_job_id(task_id: str | None = None, **_: Any) -> None:
+    job_id_var.set(task_id)
+
+
+@task_postrun.connect
+def _unbind_job_id(**_: Any) -> None:
+    job_id_var.set(None)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@shared_task(name="provisioning.run_execute", acks_late=True, queue="provisioning")
+def provisioning_run_execute(run_id: int) -> None:
+    from provisioning.runner import run_execute
+
+    run_execute(run_id=run_id, worker=worker_name())
+
+
+@shared_task(name="provisioning.reap_stale_runs", queue="provisioning")
+def provisioning_reap_stale_runs() -> None:
+    from provisioning.runner import runs_reap_stale
+
+    for run_id in runs_reap_stale():
+        provisioning_run_execute.delay(run_id)
