@@ -4,6 +4,7 @@ Every setting is listed in the README. Without any variable set the console runs
 SQLite under DATA_DIR for the catalog, a filesystem broker under DATA_DIR for Celery.
 """
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "config.logging.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -202,3 +204,18 @@ FCC_HISTORY_TRADING_DAYS = int(os.environ.get("FCC_HISTORY_TRADING_DAYS", "1750"
 FCC_ONLINE_MIN_NODES = 2
 FCC_ONLINE_MAX_NODES = 10
 FCC_ONLINE_CPU_TARGET = 70
+CELERY_TASK_ROUTES = {"provisioning.*": {"queue": "provisioning"}}
+
+# Store backends: embedded defaults for every environment, overridden per environment with FCC_STORES, a JSON
+# object such as {"prod": {"offline": "bigquery", "online": "vertex"}}.
+FCC_OFFLINE_STORE = os.environ.get("FCC_OFFLINE_STORE", "duckdb")
+FCC_ONLINE_STORE = os.environ.get("FCC_ONLINE_STORE", "local")
+FCC_STORES: dict[str, dict[str, Any]] = json.loads(os.environ.get("FCC_STORES", "{}"))
+# Provisioning runs: transient store errors are retried this many times per step, with exponential backoff.
+FCC_STEP_MAX_ATTEMPTS = int(os.environ.get("FCC_STEP_MAX_ATTEMPTS", "5"))
+FCC_STEP_BACKOFF_SECONDS = float(os.environ.get("FCC_STEP_BACKOFF_SECONDS", "0.5"))
+# A running run whose worker has not beaten its heart for this long is freed by the reaper.
+FCC_RUN_STALE_SECONDS = int(os.environ.get("FCC_RUN_STALE_SECONDS", "120"))
+CELERY_BEAT_SCHEDULE = {
+    "reap-stale-provisioning-runs": {"task": "provisioning.reap_stale_runs", "schedule": 60.0},
+}

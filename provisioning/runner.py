@@ -1,1 +1,211 @@
-"""Executes provisioning runs. Filled in by the provisioning engine (issue 3)."""
+"""Executes provisioning runs: the approved plan's steps in order, each idempotent and recorded.
+
+A worker claims a run with a compare-and-set (queued -> running); a rerun resumes at the first unfinished
+step; the reaper frees runs whose worker stopped beating. Transient store errors are retried with backoff up
+to a bound; anything else fails the run with a message a person can act on.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import duckdb
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from catalog.audit import audit_log_write
+from catalog.models import ChangeRequest, Component, Environment
+from provisioning import desired
+from provisioning.backends import offline_store_for, online_store_for
+from provisioning.ddl import VIEW_NAME, Column
+from provisioning.errors import PermanentStoreError, StoreError, TransientStoreError
+from provisioning.models import Backfill, ProvisioningRun, ProvisioningStep
+from provisioning.offline.base import StepOutcome
+
+logger = logging.getLogger(__name__)
+
+
+class RunNotReady(Exception):
+    """An earlier run of the same environment has not finished; this one must wait its turn."""
+
+
+def _target(step: dict[str, Any]) -> str:
+    return str(step.get("table") or step.get("view") or step.get("component") or step.get("kind"))
+
+
+def _steps_ensure(run: ProvisioningRun) -> list[ProvisioningStep]:
+    existing = {s.index: s for s in run.steps.all()}
+    created = [
+        ProvisioningStep(run=run, index=i, kind=step["kind"], target=_target(step))
+        for i, step in enumerate(run.plan["steps"])
+        if i not in existing
+    ]
+    ProvisioningStep.objects.bulk_create(created, ignore_conflicts=True)
+    return list(run.steps.order_by("index"))
+
+
+def _execute_step(run: ProvisioningRun, environment: Environment, step: dict[str, Any]) -> StepOutcome:
+    kind = step["kind"]
+    offline = offline_store_for(environment)
+    if kind == "ensure_dataset":
+        return offline.ensure_dataset()
+    if kind in ("create_table", "update_table_metadata"):
+        component = Component.objects.select_related("entity_type", "owner").get(key=step["component"])
+        table = desired.component_table(environment, component)
+        return offline.create_table(table) if kind == "create_table" else offline.set_table_metadata(table)
+    if kind == "add_columns":
+        return offline.add_columns(step["table"], [Column(c["name"], c["type"]) for c in step["columns"]])
+    if kind == "widen_columns":
+        return offline.widen_columns(step["table"], [(c["name"], c["new"]) for c in step["columns"]])
+    if kind == "replace_view":
+        return offline.replace_view(VIEW_NAME, desired.training_view(environment))
+    if kind == "update_online_store":
+        return online_store_for(environment).update(desired.online_view(environment))
+    if kind == "schedule_backfill":
+        backfill, created = Backfill.objects.get_or_create(
+            provisioning_run=run,
+            component=Component.objects.get(key=step["component"]),
+            reason=f"breaking change: {step['feature']} -> column {step['column']}",
+            defaults={"environment": environment, "features": [step["feature"]]},
+        )
+        return StepOutcome(request=[f"backfill {step['component']}.{step['column']}"], changed=created, result={"backfill": backfill.pk})
+    raise PermanentStoreError(f"unknown step kind {kind!r}: this worker is older than the plan; upgrade it")
+
+
+def _classify(error: Exception) -> StoreError:
+    if isinstance(error, StoreError):
+        return error
+    if isinstance(error, duckdb.IOException) and "lock" in str(error).lower():
+        return TransientStoreError(f"the DuckDB file is locked by another process: {error}")
+    if isinstance(error, TimeoutError | ConnectionError):
+        return TransientStoreError(str(error))
+    return PermanentStoreError(f"{type(error).__name__}: {error}")
+
+
+def _with_retries(call: Callable[[], StepOutcome], on_attempt: Callable[[], None]) -> StepOutcome:
+    attempts = int(settings.FCC_STEP_MAX_ATTEMPTS)
+    delay = float(settings.FCC_STEP_BACKOFF_SECONDS)
+    for attempt in range(1, attempts + 1):
+        on_attempt()
+        try:
+            return call()
+        except Exception as raw:  # noqa: BLE001 - every failure is classified; nothing is swallowed
+            error = _classify(raw)
+            if not error.transient or attempt == attempts:
+                if error.transient:
+                    raise PermanentStoreError(f"gave up after {attempts} attempts: {error}") from raw
+                raise error from raw
+            logger.warning("transient store error, retrying", extra={"attempt": attempt, "error": str(error)})
+            time.sleep(delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def _set_change_request_state(run: ProvisioningRun, state: str, reason: str = "") -> None:
+    if run.change_request_id is None:
+        return
+    with transaction.atomic():
+        cr = ChangeRequest.objects.select_for_update().get(pk=run.change_request_id)
+        if cr.state == state:
+            return
+        before = {"state": cr.state}
+        cr.state = state
+        cr.failure_reason = reason
+        cr.save(update_fields=["state", "failure_reason", "updated_at"])
+        audit_log_write(
+            actor=None,
+            action=f"change_request.{state}",
+            object_type="change_request",
+            object_id=cr.pk,
+            environment=run.environment.name,
+            before=before,
+            after={"state": state, "provisioning_run": run.pk, **({"reason": reason} if reason else {})},
+        )
+
+
+def run_claim(run_id: int, worker: str) -> bool:
+    now = timezone.now()
+    claimed = ProvisioningRun.objects.filter(pk=run_id, state=ProvisioningRun.State.QUEUED).update(
+        state=ProvisioningRun.State.RUNNING, claimed_by=worker, claimed_at=now, heartbeat_at=now, attempts=F("attempts") + 1
+    )
+    return claimed == 1
+
+
+def run_execute(*, run_id: int, worker: str) -> str:
+    """Claims and executes a run. Returns its final state, or why nothing was done."""
+    run = ProvisioningRun.objects.select_related("environment").filter(pk=run_id).first()
+    if run is None:
+        return "missing"
+    earlier = ProvisioningRun.objects.filter(
+        environment=run.environment, revision__lt=run.revision, state__in=[ProvisioningRun.State.QUEUED, ProvisioningRun.State.RUNNING]
+    )
+    if earlier.exists():
+        raise RunNotReady(f"run {run.pk} waits for earlier runs of {run.environment.name}")
+    if not run_claim(run_id, worker):
+        logger.info("run already claimed or finished", extra={"run": run_id})
+        return "not-claimed"
+    run.refresh_from_db()
+    with transaction.atomic():
+        audit_log_write(actor=None, action="provisioning_run.claim", object_type="provisioning_run", object_id=run.pk, environment=run.environment.name, after={"worker": worker, "attempt": run.attempts})
+    _set_change_request_state(run, ChangeRequest.State.APPLYING)
+    environment = run.environment
+    for step_row in _steps_ensure(run):
+        if step_row.status == ProvisioningStep.Status.SUCCEEDED:
+            continue
+        plan_step = run.plan["steps"][step_row.index]
+        step_row.status = ProvisioningStep.Status.RUNNING
+        step_row.started_at = timezone.now()
+        step_row.error = ""
+        step_row.save(update_fields=["status", "started_at", "error"])
+
+        def attempt(row: ProvisioningStep = step_row) -> None:
+            ProvisioningStep.objects.filter(pk=row.pk).update(attempts=F("attempts") + 1)
+            ProvisioningRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+
+        try:
+            outcome = _with_retries(lambda step=plan_step: _execute_step(run, environment, step), attempt)
+        except StoreError as error:
+            message = f"step {step_row.index} ({step_row.kind} {step_row.target}) failed: {error}"
+            step_row.status = ProvisioningStep.Status.FAILED
+            step_row.error = message
+            step_row.finished_at = timezone.now()
+            step_row.save(update_fields=["status", "error", "finished_at"])
+            _finish(run, ProvisioningRun.State.FAILED, message)
+            _set_change_request_state(run, ChangeRequest.State.FAILED, message)
+            logger.error("provisioning run failed", extra={"run": run.pk, "error": message})
+            return ProvisioningRun.State.FAILED
+        step_row.status = ProvisioningStep.Status.SUCCEEDED
+        step_row.request = outcome.request
+        step_row.result = {"changed": outcome.changed, **outcome.result}
+        step_row.finished_at = timezone.now()
+        step_row.save(update_fields=["status", "request", "result", "finished_at"])
+        ProvisioningRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+    _finish(run, ProvisioningRun.State.SUCCEEDED, "")
+    _set_change_request_state(run, ChangeRequest.State.APPLIED)
+    logger.info("provisioning run succeeded", extra={"run": run.pk})
+    return ProvisioningRun.State.SUCCEEDED
+
+
+def _finish(run: ProvisioningRun, state: str, error: str) -> None:
+    with transaction.atomic():
+        ProvisioningRun.objects.filter(pk=run.pk).update(state=state, error=error, finished_at=timezone.now())
+        audit_log_write(actor=None, action=f"provisioning_run.{state}", object_type="provisioning_run", object_id=run.pk, environment=run.environment.name, after={"state": state, **({"error": error} if error else {})})
+
+
+def runs_reap_stale() -> list[int]:
+    """Puts runs whose worker died back in the queue (a rerun resumes at the first unfinished step)."""
+    cutoff = timezone.now() - timedelta(seconds=int(settings.FCC_RUN_STALE_SECONDS))
+    freed = []
+    for run in ProvisioningRun.objects.filter(state=ProvisioningRun.State.RUNNING, heartbeat_at__lt=cutoff):
+        with transaction.atomic():
+            if ProvisioningRun.objects.filter(pk=run.pk, state=ProvisioningRun.State.RUNNING, heartbeat_at__lt=cutoff).update(state=ProvisioningRun.State.QUEUED) == 1:
+                ProvisioningStep.objects.filter(run=run, status=ProvisioningStep.Status.RUNNING).update(status=ProvisioningStep.Status.PENDING)
+                audit_log_write(actor=None, action="provisioning_run.reaped", object_type="provisioning_run", object_id=run.pk, environment=run.environment.name, after={"previous_worker": run.claimed_by})
+                freed.append(run.pk)
+    # A queued run whose task message was lost (a broker restart without persistence) is sent again; the
+    # claim's compare-and-set makes a duplicate delivery harmless.
+    freed.extend(ProvisioningRun.objects.filter(state=ProvisioningRun.State.QUEUED, created_at__lt=cutoff).values_list("pk", flat=True))
+    return freed

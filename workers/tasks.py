@@ -27,14 +27,18 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@shared_task(name="provisioning.run_execute", acks_late=True, queue="provisioning")
-def provisioning_run_execute(run_id: int) -> None:
-    from provisioning.runner import run_execute
+@shared_task(name="provisioning.run_execute", bind=True, acks_late=True, max_retries=None)
+def provisioning_run_execute(self: Any, run_id: int) -> None:
+    from provisioning.runner import RunNotReady, run_execute
 
-    run_execute(run_id=run_id, worker=worker_name())
+    try:
+        run_execute(run_id=run_id, worker=worker_name())
+    except RunNotReady as waiting:
+        # Runs of one environment apply in revision order; this one is retried once the earlier one is done.
+        raise self.retry(exc=waiting, countdown=2) from waiting
 
 
-@shared_task(name="provisioning.reap_stale_runs", queue="provisioning")
+@shared_task(name="provisioning.reap_stale_runs")
 def provisioning_reap_stale_runs() -> None:
     from provisioning.runner import runs_reap_stale
 

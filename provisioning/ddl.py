@@ -1,0 +1,172 @@
+"""DDL for the offline store, generated from the catalog, never hand-written.
+
+The BigQuery form is the source; the DuckDB form is transpiled from it with sqlglot, so both stores get the
+same tables, columns and view. Identifiers are validated by catalog.rules and always quoted; descriptions
+are string literals escaped here.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import sqlglot
+from sqlglot import exp
+
+from catalog import rules
+
+KEY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("symbol", "STRING", "Index symbol (NIFTY, BANKNIFTY, ...)."),
+    ("ts_minute", "TIMESTAMP", "Start of the minute the row describes (UTC)."),
+    ("dte", "INT64", "Days to the expiry of the option chain."),
+)
+KEY_NAMES = tuple(name for name, _, _ in KEY_COLUMNS)
+PARTITION_COLUMN = "ts_minute"
+CLUSTER_COLUMNS = ("symbol", "dte")
+VIEW_NAME = "training_dataset"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # BigQuery type
+    description: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What one component table must look like."""
+
+    name: str
+    columns: tuple[Column, ...]
+    description: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    partition_column: str = PARTITION_COLUMN
+    cluster_by: tuple[str, ...] = CLUSTER_COLUMNS
+    require_partition_filter: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def feature_columns(self) -> tuple[Column, ...]:
+        return tuple(c for c in self.columns if c.name not in KEY_NAMES)
+
+
+def ident(name: str) -> str:
+    """A backtick-quoted BigQuery identifier; refuses anything that is not a plain validated name."""
+    if not rules.NAME_PATTERN.match(name) and not all(part.replace("-", "").replace("_", "").isalnum() for part in name.split(".")):
+        raise ValueError(f"{name!r} is not a valid identifier")
+    if "`" in name or "\\" in name:
+        raise ValueError(f"{name!r} is not a valid identifier")
+    return f"`{name}`"
+
+
+def literal(text: str) -> str:
+    """A BigQuery string literal."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\x00", "")
+    return f'"{escaped}"'
+
+
+def label_value(text: str) -> str:
+    """BigQuery label values: lowercase letters, digits, _ and -, at most 63 characters."""
+    cleaned = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "_-") else "_" for ch in text.lower())
+    return cleaned[:63]
+
+
+def qualified(project: str, dataset: str, table: str) -> str:
+    return f"`{project}.{dataset}.{table}`"
+
+
+def create_dataset_sql(project: str, dataset: str, region: str, environment: str) -> str:
+    return (
+        f"CREATE SCHEMA IF NOT EXISTS `{project}.{dataset}` OPTIONS(location={literal(region)}, "
+        f"labels=[(\"environment\", {literal(label_value(environment))})])"
+    )
+
+
+def create_table_sql(project: str, dataset: str, table: TableSpec) -> str:
+    lines = []
+    for column in table.columns:
+        not_null = " NOT NULL" if column.required else ""
+        options = f" OPTIONS(description={literal(column.description)})" if column.description else ""
+        lines.append(f"  {ident(column.name)} {column.type}{not_null}{options}")
+    labels = ", ".join(f"({literal(k)}, {literal(label_value(v))})" for k, v in table.labels)
+    options = [f"require_partition_filter={'TRUE' if table.require_partition_filter else 'FALSE'}"]
+    if table.description:
+        options.append(f"description={literal(table.description)}")
+    if labels:
+        options.append(f"labels=[{labels}]")
+    return (
+        f"CREATE TABLE IF NOT EXISTS {qualified(project, dataset, table.name)} (\n"
+        + ",\n".join(lines)
+        + f"\n)\nPARTITION BY DATE({ident(table.partition_column)})\n"
+        + f"CLUSTER BY {', '.join(ident(c) for c in table.cluster_by)}\n"
+        + f"OPTIONS({', '.join(options)})"
+    )
+
+
+def add_columns_sql(project: str, dataset: str, table: str, columns: Sequence[Column]) -> str:
+    adds = ", ".join(f"ADD COLUMN IF NOT EXISTS {ident(c.name)} {c.type}" for c in columns)
+    return f"ALTER TABLE {qualified(project, dataset, table)} {adds}"
+
+
+def widen_column_sql(project: str, dataset: str, table: str, column: str, new_type: str) -> str:
+    return f"ALTER TABLE {qualified(project, dataset, table)} ALTER COLUMN {ident(column)} SET DATA TYPE {new_type}"
+
+
+def training_view_sql(project: str, dataset: str, selections: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> str:
+    """All components joined on the entity key: one row per (symbol, ts_minute, dte) seen in any table.
+
+    `selections`: (table, [(column, feature name)]) — the current column of each active feature, exposed
+    under the feature's name.
+    """
+    selections = [(t, cols) for t, cols in selections if cols]
+    if not selections:
+        raise ValueError("the training_dataset view needs at least one component table with features")
+    keys = ", ".join(ident(k) for k in KEY_NAMES)
+    select = [f"k.{ident(k)}" for k in KEY_NAMES]
+    joins = []
+    union = " UNION DISTINCT ".join(f"SELECT {keys} FROM {qualified(project, dataset, t)}" for t, _ in selections)
+    for table, columns in selections:
+        alias = table.removesuffix("_features")
+        for column, name in columns:
+            select.append(f"{alias}.{ident(column)}" + (f" AS {ident(name)}" if name != column else ""))
+        joins.append(f"LEFT JOIN {qualified(project, dataset, table)} AS {alias} USING ({keys})")
+    return (
+        f"CREATE OR REPLACE VIEW {qualified(project, dataset, VIEW_NAME)} AS\n"
+        f"SELECT {', '.join(select)}\nFROM ({union}) AS k\n" + "\n".join(joins)
+    )
+
+
+def _duckdb_tree(tree: exp.Expression) -> exp.Expression:
+    # DuckDB has no project level: `project.dataset.table` becomes schema `dataset`, table `table`.
+    for table in tree.find_all(exp.Table):
+        if table.args.get("catalog") is not None:
+            table.set("catalog", None)
+    # BigQuery NUMERIC is DECIMAL(38, 9); DuckDB's bare DECIMAL is (18, 3).
+    for dtype in tree.find_all(exp.DataType):
+        if dtype.this == exp.DataType.Type.DECIMAL and not dtype.expressions:
+            dtype.replace(exp.DataType.build("DECIMAL(38, 9)", dialect="duckdb"))
+    return tree
+
+
+def to_duckdb(sql: str) -> list[str]:
+    """The DuckDB statements for one BigQuery statement (DuckDB takes one ADD COLUMN per ALTER TABLE)."""
+    tree = _duckdb_tree(sqlglot.parse_one(sql, read="bigquery"))
+    if isinstance(tree, exp.Alter) and len(tree.args.get("actions") or []) > 1:
+        statements = []
+        for action in tree.args["actions"]:
+            single = tree.copy()
+            single.set("actions", [action.copy()])
+            statements.append(single.sql(dialect="duckdb"))
+        return statements
+    if isinstance(tree, exp.Create) and tree.kind == "SCHEMA":
+        # `project.dataset` -> the dataset is DuckDB's schema.
+        dataset = tree.this.sql(dialect="bigquery").strip("`").split(".")[-1]
+        return [f'CREATE SCHEMA IF NOT EXISTS "{dataset}"']
+    if isinstance(tree, exp.Create):
+        # Partitioning, clustering, labels and descriptions have no DuckDB DDL; the DuckDB store records them
+        # in its metadata (provisioning/offline/duckdb_store.py) so they are described like BigQuery's.
+        tree.set("properties", None)
+        for constraint in list(tree.find_all(exp.ColumnConstraint)):
+            if isinstance(constraint.args.get("kind"), exp.Properties):
+                constraint.pop()
+    return [tree.sql(dialect="duckdb")]

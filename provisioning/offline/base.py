@@ -1,0 +1,85 @@
+"""The offline store interface. Every method is idempotent: create-if-absent, compare-before-write."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from provisioning.ddl import Column, TableSpec
+
+
+@dataclass(frozen=True)
+class LiveColumn:
+    name: str
+    type: str  # in BigQuery terms
+    required: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class LiveTable:
+    name: str
+    columns: tuple[LiveColumn, ...]
+    partition_column: str | None
+    cluster_by: tuple[str, ...]
+    require_partition_filter: bool
+    labels: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    num_rows: int = 0
+    num_bytes: int = 0
+
+    def column(self, name: str) -> LiveColumn | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What a store call sent and what it found: `changed` is False when the target already matched."""
+
+    request: list[str]
+    changed: bool
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+class OfflineStore(ABC):
+    kind: str = ""
+
+    def __init__(self, *, environment: str, project: str, dataset: str, region: str, options: dict[str, Any] | None = None):
+        self.environment = environment
+        self.project = project
+        self.dataset = dataset
+        self.region = region
+        self.options = options or {}
+
+    @abstractmethod
+    def ensure_dataset(self) -> StepOutcome: ...
+
+    @abstractmethod
+    def create_table(self, table: TableSpec) -> StepOutcome: ...
+
+    @abstractmethod
+    def add_columns(self, table: str, columns: Sequence[Column]) -> StepOutcome: ...
+
+    @abstractmethod
+    def widen_columns(self, table: str, columns: Sequence[tuple[str, str]]) -> StepOutcome: ...
+
+    @abstractmethod
+    def set_table_metadata(self, table: TableSpec) -> StepOutcome: ...
+
+    @abstractmethod
+    def replace_view(self, name: str, sql: str) -> StepOutcome: ...
+
+    @abstractmethod
+    def dry_run(self, sql: str) -> dict[str, Any]:
+        """Validates a BigQuery statement on the target without running it; returns what it learned."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, LiveTable]:
+        """The live tables of the dataset (views excluded)."""
+
+    @abstractmethod
+    def views(self) -> list[str]: ...
+
+    @abstractmethod
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Runs a BigQuery-dialect query and returns its rows."""

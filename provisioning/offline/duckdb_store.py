@@ -1,0 +1,241 @@
+"""The embedded offline store: one DuckDB file per environment under DATA_DIR.
+
+DuckDB has no partitioning, clustering or labels in its DDL, so the store keeps them in a metadata table and
+describes tables with them, exactly as BigQuery's `get_table` does. DuckDB lets one process write a file at a
+time, so connections are short-lived and a locked file is retried for a while.
+"""
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from django.conf import settings
+
+from provisioning.ddl import (
+    Column,
+    TableSpec,
+    add_columns_sql,
+    create_dataset_sql,
+    create_table_sql,
+    to_duckdb,
+    widen_column_sql,
+)
+from provisioning.offline.base import LiveColumn, LiveTable, OfflineStore, StepOutcome
+
+META_SCHEMA = "_fcc_meta"
+DUCKDB_TO_BIGQUERY = {
+    "VARCHAR": "STRING",
+    "TIMESTAMP WITH TIME ZONE": "TIMESTAMP",
+    "BIGINT": "INT64",
+    "DOUBLE": "FLOAT64",
+    "BOOLEAN": "BOOL",
+    "DECIMAL(38,9)": "NUMERIC",
+    "DATE": "DATE",
+}
+LOCK_WAIT_SECONDS = 30.0
+
+
+class DuckDBOfflineStore(OfflineStore):
+    kind = "duckdb"
+
+    @property
+    def path(self) -> Path:
+        root = Path(self.options.get("path") or Path(settings.DATA_DIR) / "offline")
+        root.mkdir(parents=True, exist_ok=True)
+        # Not named after the dataset: DuckDB would then see a catalog and a schema of the same name.
+        return root / f"{self.environment}-offline.duckdb"
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                connection = duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
+                break
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    def _execute(self, statements: Sequence[str]) -> None:
+        with self.connect() as connection:
+            connection.execute("BEGIN")
+            for statement in statements:
+                connection.execute(statement)
+            connection.execute("COMMIT")
+
+    def ensure_dataset(self) -> StepOutcome:
+        sql = create_dataset_sql(self.project, self.dataset, self.region, self.environment)
+        with self.connect() as connection:
+            exists = connection.execute(
+                "SELECT count(*) FROM information_schema.schemata WHERE schema_name = ?", [self.dataset]
+            ).fetchone()
+        statements = [
+            *to_duckdb(sql),
+            f'CREATE SCHEMA IF NOT EXISTS "{META_SCHEMA}"',
+            f'CREATE TABLE IF NOT EXISTS "{META_SCHEMA}".table_options (dataset VARCHAR, table_name VARCHAR, '
+            "partition_column VARCHAR, cluster_by VARCHAR, require_partition_filter BOOLEAN, description VARCHAR, "
+            "labels VARCHAR, PRIMARY KEY (dataset, table_name))",
+        ]
+        self._execute(statements)
+        return StepOutcome(request=[sql], changed=not (exists and exists[0]))
+
+    def _metadata_statements(self, table: TableSpec) -> list[str]:
+        values = [
+            self.dataset,
+            table.name,
+            table.partition_column,
+            ",".join(table.cluster_by),
+            table.require_partition_filter,
+            table.description,
+            json.dumps(dict(table.labels), sort_keys=True),
+        ]
+        rendered = ", ".join(
+            "TRUE" if v is True else "FALSE" if v is False else _sql_string(str(v)) for v in values
+        )
+        statements = [f'INSERT OR REPLACE INTO "{META_SCHEMA}".table_options VALUES ({rendered})']
+        for column in table.columns:
+            if column.description:
+                statements.append(
+                    f'COMMENT ON COLUMN "{self.dataset}"."{table.name}"."{column.name}" IS {_sql_string(column.description)}'
+                )
+        return statements
+
+    def create_table(self, table: TableSpec) -> StepOutcome:
+        sql = create_table_sql(self.project, self.dataset, table)
+        live = self.describe().get(table.name)
+        if live is not None:
+            missing = [c for c in table.columns if live.column(c.name) is None]
+            if missing:
+                return self.add_columns(table.name, missing)
+            return StepOutcome(request=[sql], changed=False, result={"exists": True})
+        self._execute([*to_duckdb(sql), *self._metadata_statements(table)])
+        return StepOutcome(request=[sql], changed=True)
+
+    def add_columns(self, table: str, columns: Sequence[Column]) -> StepOutcome:
+        live = self.describe().get(table)
+        if live is None:
+            raise LookupError(f"table {self.dataset}.{table} does not exist")
+        missing = [c for c in columns if live.column(c.name) is None]
+        if not missing:
+            return StepOutcome(request=[], changed=False, result={"exists": [c.name for c in columns]})
+        sql = add_columns_sql(self.project, self.dataset, table, missing)
+        self._execute(to_duckdb(sql))
+        return StepOutcome(request=[sql], changed=True, result={"added": [c.name for c in missing]})
+
+    def widen_columns(self, table: str, columns: Sequence[tuple[str, str]]) -> StepOutcome:
+        live = self.describe().get(table)
+        if live is None:
+            raise LookupError(f"table {self.dataset}.{table} does not exist")
+        statements = []
+        for name, new_type in columns:
+            current = live.column(name)
+            if current is not None and current.type != new_type:
+                statements.append(widen_column_sql(self.project, self.dataset, table, name, new_type))
+        if statements:
+            self._execute([s for sql in statements for s in to_duckdb(sql)])
+        return StepOutcome(request=statements, changed=bool(statements))
+
+    def set_table_metadata(self, table: TableSpec) -> StepOutcome:
+        statements = self._metadata_statements(table)
+        self._execute(statements)
+        return StepOutcome(request=statements, changed=True)
+
+    def replace_view(self, name: str, sql: str) -> StepOutcome:
+        self._execute(to_duckdb(sql))
+        return StepOutcome(request=[sql], changed=True)
+
+    def dry_run(self, sql: str) -> dict[str, Any]:
+        statements = to_duckdb(sql)
+        with self.connect() as connection:
+            connection.execute("BEGIN")
+            try:
+                for statement in statements:
+                    if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+                        connection.execute(f"EXPLAIN {statement}")
+                    else:
+                        connection.execute(statement)
+            finally:
+                connection.execute("ROLLBACK")
+        return {"valid": True, "statements": statements}
+
+    def describe(self) -> dict[str, LiveTable]:
+        if not self.path.exists():
+            return {}
+        with self.connect(read_only=True) as connection:
+            has_meta = connection.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = 'table_options'",
+                [META_SCHEMA],
+            ).fetchone()
+            columns = connection.execute(
+                "SELECT c.table_name, c.column_name, c.data_type, c.is_nullable, dc.comment "
+                "FROM information_schema.columns c JOIN information_schema.tables t "
+                "ON t.table_schema = c.table_schema AND t.table_name = c.table_name "
+                "LEFT JOIN duckdb_columns() dc ON dc.schema_name = c.table_schema AND dc.table_name = c.table_name "
+                "AND dc.column_name = c.column_name "
+                "WHERE c.table_schema = ? AND t.table_type = 'BASE TABLE' ORDER BY c.table_name, c.ordinal_position",
+                [self.dataset],
+            ).fetchall()
+            options = {}
+            if has_meta and has_meta[0]:
+                for row in connection.execute(
+                    f'SELECT table_name, partition_column, cluster_by, require_partition_filter, description, labels FROM "{META_SCHEMA}".table_options WHERE dataset = ?',
+                    [self.dataset],
+                ).fetchall():
+                    options[row[0]] = row[1:]
+            sizes = {
+                row[0]: (int(row[1] or 0), int(row[2] or 0))
+                for row in connection.execute(
+                    "SELECT table_name, estimated_size, column_count * estimated_size * 8 FROM duckdb_tables() WHERE schema_name = ?",
+                    [self.dataset],
+                ).fetchall()
+            }
+        tables: dict[str, list[LiveColumn]] = {}
+        for table, column, dtype, nullable, comment in columns:
+            tables.setdefault(table, []).append(
+                LiveColumn(column, DUCKDB_TO_BIGQUERY.get(dtype, dtype), required=nullable == "NO", description=comment or "")
+            )
+        live = {}
+        for name, cols in tables.items():
+            partition, cluster, require, description, labels = options.get(name, (None, "", False, "", "{}"))
+            rows, size = sizes.get(name, (0, 0))
+            live[name] = LiveTable(
+                name=name,
+                columns=tuple(cols),
+                partition_column=partition,
+                cluster_by=tuple(c for c in (cluster or "").split(",") if c),
+                require_partition_filter=bool(require),
+                labels=json.loads(labels or "{}"),
+                description=description or "",
+                num_rows=rows,
+                num_bytes=size,
+            )
+        return live
+
+    def views(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        with self.connect(read_only=True) as connection:
+            rows = connection.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type = 'VIEW'",
+                [self.dataset],
+            ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        statement = to_duckdb(sql)[0]
+        with self.connect(read_only=True) as connection:
+            return connection.execute(statement).fetchall()
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''").replace("\x00", "") + "'"
+
