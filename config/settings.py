@@ -82,19 +82,16 @@ TEMPLATES = [
 
 
 def database_config() -> dict[str, Any]:
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
-        config.setdefault("TEST", {})
-        return config
-    return {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": DATA_DIR / "catalog.sqlite3",
+    url = os.environ.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'catalog.sqlite3'}")
+    config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
+    config.setdefault("TEST", {})
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        config["CONN_MAX_AGE"] = 0
         # IMMEDIATE makes concurrent writers queue for the lock instead of failing mid-transaction.
-        "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"},
+        config["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
         # A file, not memory, so a worker process started by a test sees the same test database.
-        "TEST": {"NAME": str(DATA_DIR / "test-catalog.sqlite3")},
-    }
+        config["TEST"].setdefault("NAME", str(Path(config["NAME"]).with_name("test-" + Path(config["NAME"]).name)))
+    return config
 
 
 DATABASES = {"default": database_config()}

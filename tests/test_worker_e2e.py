@@ -1,0 +1,121 @@
+"""End to end: a change request approved through the API is applied by a separate Celery worker process."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from catalog.models import ChangeRequest
+from provisioning.backends import offline_store_for, online_store_for
+from provisioning.models import ProvisioningRun, ProvisioningStep
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+ROOT = Path(settings.BASE_DIR)
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture
+def store_paths(tmp_path, settings):
+    stores = {
+        name: {"offline_options": {"path": str(tmp_path / "offline")}, "online_options": {"path": str(tmp_path / "online")}}
+        for name in ("dev", "staging", "prod")
+    }
+    settings.FCC_STORES = stores
+    return stores
+
+
+@pytest.fixture
+def worker(store_paths, tmp_path):
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "FCC_STORES": json.dumps(store_paths),
+        "DATA_DIR": str(settings.DATA_DIR),
+        "FCC_STEP_BACKOFF_SECONDS": "0.05",
+    }
+    celery = [sys.executable, "-m", "celery", "-A", "config"]
+    subprocess.run([*celery, "purge", "-f", "-Q", "provisioning"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
+    log = (tmp_path / "worker.log").open("w")
+    process = subprocess.Popen(
+        [*celery, "worker", "-Q", "provisioning", "--pool", "solo", "--loglevel", "INFO", "--without-heartbeat", "--without-mingle", "--without-gossip"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+def _wait_for(predicate, timeout=90.0, what="condition", log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.25)
+    detail = log.read_text()[-4000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}\n{detail}")
+
+
+def test_approved_change_is_applied_by_a_worker(worker, users, loaded, client_for, specs, tmp_path):
+    log = tmp_path / "worker.log"
+    from catalog.models import Environment
+
+    dev = Environment.objects.get(name="dev")
+    first = ProvisioningRun.objects.get(environment=dev, revision=1)
+    _wait_for(lambda: ProvisioningRun.objects.filter(pk=first.pk, state="succeeded").exists(), what="the bootstrap run", log=log)
+
+    store = offline_store_for(dev)
+    live = store.describe()
+    assert sorted(live) == [f"c{i}_features" for i in range(1, 9)]
+    c1 = live["c1_features"]
+    assert c1.partition_column == "ts_minute"
+    assert c1.cluster_by == ("symbol", "dte")
+    assert c1.require_partition_filter is True
+    assert len(c1.columns) == 150 + 3
+    assert store.views() == ["training_dataset"]
+    assert len(online_store_for(dev).describe().features) == 32
+
+    c1_spec = next(s for s in specs if s["component"] == "c1")
+    c1_spec["features"].append(
+        {"name": "atm_straddle_premium_ema_200", "dtype": "float64", "description": "EMA 200.", "ttl": "48h", "online": False, "source": "component_01.atmStraddlePremiumEma200", "tags": ["ema"]}
+    )
+    target = next(f for f in c1_spec["features"] if f["dtype"] == "float64" and not f["online"] and f["name"] != "atm_straddle_premium_ema_200")
+    target["dtype"] = "string"  # breaking: a new version column and a backfill
+    response = client_for("dave").post("/api/v1/change-requests/", {"environment": "dev", "title": "EMA 200", "specs": [c1_spec]}, format="json")
+    assert response.status_code == 201, response.json()
+    cr_id = response.json()["change_request"]["id"]
+    approve = client_for("alice").post(f"/api/v1/change-requests/{cr_id}/approve/", {"comment": "ok"}, format="json")
+    assert approve.status_code == 200, approve.json()
+
+    _wait_for(lambda: ChangeRequest.objects.get(pk=cr_id).state == "applied", what="the change request to be applied", log=log)
+    live = store.describe()["c1_features"]
+    assert live.column("atm_straddle_premium_ema_200").type == "FLOAT64"
+    assert live.column(f"{target['name']}__v2").type == "STRING"
+    assert live.column(target["name"]).type == "FLOAT64"  # the old version's data is kept
+    run = ProvisioningRun.objects.get(change_request_id=cr_id)
+    steps = list(ProvisioningStep.objects.filter(run=run).values_list("kind", "status"))
+    assert ("add_columns", "succeeded") in steps
+    assert ("schedule_backfill", "succeeded") in steps
+    assert all(status == "succeeded" for _, status in steps)
+    with store.connect(read_only=True) as duck:
+        columns = [row[0] for row in duck.execute("DESCRIBE market_regime_dev.training_dataset").fetchall()]
+    assert target["name"] in columns and "atm_straddle_premium_ema_200" in columns
