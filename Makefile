@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: run test install migrate bootstrap lint typecheck pytest bench docs clean
+.PHONY: run test install migrate bootstrap lint typecheck pytest pytest-services pytest-embedded bench docs clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,23 @@ lint: install
 typecheck: install
 	$(BIN)/mypy .
 
-pytest: install
+# The suite on PostgreSQL and Redis (started when down), with coverage; then again on the embedded defaults
+# (SQLite, filesystem broker) so both configurations stay working.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/fcc
+TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
+
+pytest-services: install
+	./scripts/services-up.sh
+	mkdir -p var/test-services
+	DATA_DIR=$(CURDIR)/var/test-services DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
+	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 	$(BIN)/pytest --cov --cov-report=term --cov-report=xml:var/coverage.xml $(PYTEST_ARGS)
+
+pytest-embedded: install
+	mkdir -p var/test-embedded
+	env -u DATABASE_URL -u CELERY_BROKER_URL DATA_DIR=$(CURDIR)/var/test-embedded $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+pytest: pytest-services pytest-embedded
 
 test: lint typecheck pytest
 

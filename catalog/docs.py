@@ -60,8 +60,12 @@ def render_spec_doc(specs_dir: Path) -> str:
         lines.append("| feature | schema-registry name | type | BigQuery | TTL | online | tags | description |")
         lines.append("|---|---|---|---|---|---|---|---|")
         for f in d["features"]:
+            bigquery = rules.DTYPES[f["dtype"]].bigquery
+            online_mark = "yes" if f.get("online") else ""
+            tags = ", ".join(f.get("tags", []))
             lines.append(
-                f"| `{f['name']}` | `{f['source']}` | {f['dtype']} | {rules.DTYPES[f['dtype']].bigquery} | {f['ttl']} | "
-                f"{'yes' if f.get('online') else ''} | {', '.join(f.get('tags', []))} | {_md(f.get('description', ''))} |"
+                f"| `{f['name']}` | `{f['source']}` | {f['dtype']} | {bigquery} | {f['ttl']} | {online_mark} | {tags} "
+                "| "
+                f"{_md(f.get('description', ''))} |"
             )
     return "\n".join(lines) + "\n"

@@ -1,6 +1,19 @@
 """Reference data every installation has: environments, the entity type, component teams and components."""
 
-from typing import Any
+from typing import Any, TypedDict
+
+
+class KeyColumn(TypedDict):
+    name: str
+    dtype: str
+
+
+class EntityTypeData(TypedDict):
+    name: str
+    description: str
+    key_columns: list[KeyColumn]
+    id_template: str
+
 
 ENVIRONMENTS = (
     # name, approvals a breaking change needs
@@ -9,7 +22,7 @@ ENVIRONMENTS = (
     ("prod", 2),
 )
 
-ENTITY_TYPE = {
+ENTITY_TYPE: EntityTypeData = {
     "name": "instrument_minute",
     "description": "One instrument (index option chain of a symbol at one days-to-expiry) in one minute.",
     "key_columns": [

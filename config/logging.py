@@ -22,11 +22,11 @@ class ContextFilter(logging.Filter):
 
 class JsonFormatter(_JsonFormatter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault(
-            "fmt", "{asctime}{levelname}{name}{message}{request_id}{job_id}"
-        )
+        kwargs.setdefault("fmt", "{asctime}{levelname}{name}{message}{request_id}{job_id}")
         kwargs.setdefault("style", "{")
-        kwargs.setdefault("rename_fields", {"asctime": "time", "levelname": "level", "name": "logger", "message": "event"})
+        kwargs.setdefault(
+            "rename_fields", {"asctime": "time", "levelname": "level", "name": "logger", "message": "event"}
+        )
         kwargs.setdefault("datefmt", "%Y-%m-%dT%H:%M:%S%z")
         super().__init__(*args, **kwargs)
 

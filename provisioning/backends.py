@@ -25,7 +25,9 @@ def store_config(environment: str) -> dict[str, Any]:
     override = settings.FCC_STORES.get(environment, {})
     unknown = set(override) - ALLOWED_KEYS
     if unknown:
-        raise ValueError(f"FCC_STORES[{environment!r}] has unknown keys {sorted(unknown)}; allowed: {sorted(ALLOWED_KEYS)}")
+        raise ValueError(
+            f"FCC_STORES[{environment!r}] has unknown keys {sorted(unknown)}; allowed: {sorted(ALLOWED_KEYS)}"
+        )
     config.update(override)
     for key, known in (("offline", OFFLINE_STORES), ("online", ONLINE_STORES)):
         if config[key] not in known:

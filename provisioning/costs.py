@@ -32,7 +32,9 @@ def plan_cost(plan: Mapping[str, Any]) -> dict[str, Any]:
             added_bytes += sum(types[c["type"]].bytes_per_value for c in step["columns"]) * rows
         elif step["kind"] == "create_table":
             created = [c for c in plan["changes"] if c["component"] == step["component"] and c["definition"]]
-            added_bytes += (sum(rules.DTYPES[c["definition"]["dtype"]].bytes_per_value for c in created) + KEY_BYTES_PER_ROW) * rows
+            added_bytes += (
+                sum(rules.DTYPES[c["definition"]["dtype"]].bytes_per_value for c in created) + KEY_BYTES_PER_ROW
+            ) * rows
         elif step["kind"] == "schedule_backfill":
             change = next(c for c in plan["changes"] if c["feature"] == step["feature"])
             backfill_bytes += (rules.DTYPES[change["definition"]["dtype"]].bytes_per_value + KEY_BYTES_PER_ROW) * rows

@@ -52,7 +52,9 @@ class TableSpec:
 
 def ident(name: str) -> str:
     """A backtick-quoted BigQuery identifier; refuses anything that is not a plain validated name."""
-    if not rules.NAME_PATTERN.match(name) and not all(part.replace("-", "").replace("_", "").isalnum() for part in name.split(".")):
+    if not rules.NAME_PATTERN.match(name) and not all(
+        part.replace("-", "").replace("_", "").isalnum() for part in name.split(".")
+    ):
         raise ValueError(f"{name!r} is not a valid identifier")
     if "`" in name or "\\" in name:
         raise ValueError(f"{name!r} is not a valid identifier")
@@ -61,7 +63,9 @@ def ident(name: str) -> str:
 
 def literal(text: str) -> str:
     """A BigQuery string literal."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\x00", "")
+    escaped = (
+        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\x00", "")
+    )
     return f'"{escaped}"'
 
 
@@ -78,7 +82,7 @@ def qualified(project: str, dataset: str, table: str) -> str:
 def create_dataset_sql(project: str, dataset: str, region: str, environment: str) -> str:
     return (
         f"CREATE SCHEMA IF NOT EXISTS `{project}.{dataset}` OPTIONS(location={literal(region)}, "
-        f"labels=[(\"environment\", {literal(label_value(environment))})])"
+        f'labels=[("environment", {literal(label_value(environment))})])'
     )
 
 
@@ -86,8 +90,8 @@ def create_table_sql(project: str, dataset: str, table: TableSpec) -> str:
     lines = []
     for column in table.columns:
         not_null = " NOT NULL" if column.required else ""
-        options = f" OPTIONS(description={literal(column.description)})" if column.description else ""
-        lines.append(f"  {ident(column.name)} {column.type}{not_null}{options}")
+        described = f" OPTIONS(description={literal(column.description)})" if column.description else ""
+        lines.append(f"  {ident(column.name)} {column.type}{not_null}{described}")
     labels = ", ".join(f"({literal(k)}, {literal(label_value(v))})" for k, v in table.labels)
     options = [f"require_partition_filter={'TRUE' if table.require_partition_filter else 'FALSE'}"]
     if table.description:
@@ -124,7 +128,8 @@ def training_view_sql(project: str, dataset: str, selections: Sequence[tuple[str
     keys = ", ".join(ident(k) for k in KEY_NAMES)
     select = [f"k.{ident(k)}" for k in KEY_NAMES]
     joins = []
-    union = " UNION DISTINCT ".join(f"SELECT {keys} FROM {qualified(project, dataset, t)}" for t, _ in selections)
+    # Identifiers are validated and quoted by ident() and qualified(); nothing here comes from a request.
+    union = " UNION DISTINCT ".join(f"SELECT {keys} FROM {qualified(project, dataset, t)}" for t, _ in selections)  # noqa: S608
     for table, columns in selections:
         alias = table.removesuffix("_features")
         for column, name in columns:
@@ -136,7 +141,7 @@ def training_view_sql(project: str, dataset: str, selections: Sequence[tuple[str
     )
 
 
-def _duckdb_tree(tree: exp.Expression) -> exp.Expression:
+def _duckdb_tree(tree: exp.Expr) -> exp.Expr:
     # DuckDB has no project level: `project.dataset.table` becomes schema `dataset`, table `table`.
     for table in tree.find_all(exp.Table):
         if table.args.get("catalog") is not None:

@@ -57,7 +57,9 @@ def all_tables(environment: Environment) -> dict[str, TableSpec]:
 
 def training_view(environment: Environment) -> str:
     selections: dict[str, list[tuple[str, str]]] = {}
-    active = Feature.objects.filter(environment=environment, status=Feature.Status.ACTIVE).order_by("component__key", "id")
+    active = Feature.objects.filter(environment=environment, status=Feature.Status.ACTIVE).order_by(
+        "component__key", "id"
+    )
     for table, column, name in active.values_list("component__key", "column_name", "name"):
         selections.setdefault(f"{table}_features", []).append((column, name))
     return training_view_sql(environment.gcp_project, environment.bigquery_dataset, list(selections.items()))

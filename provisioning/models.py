@@ -81,7 +81,9 @@ class Backfill(models.Model):
     component = models.ForeignKey("catalog.Component", on_delete=models.PROTECT, related_name="backfills")
     features = models.JSONField(default=list)
     reason = models.CharField(max_length=200)
-    provisioning_run = models.ForeignKey(ProvisioningRun, null=True, blank=True, on_delete=models.PROTECT, related_name="backfills")
+    provisioning_run = models.ForeignKey(
+        ProvisioningRun, null=True, blank=True, on_delete=models.PROTECT, related_name="backfills"
+    )
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -89,7 +91,9 @@ class Backfill(models.Model):
         ordering = ["-id"]
         constraints = [
             # A rerun of the run that scheduled it finds it instead of scheduling it twice.
-            models.UniqueConstraint(fields=["provisioning_run", "component", "reason"], name="one_backfill_per_run_step"),
+            models.UniqueConstraint(
+                fields=["provisioning_run", "component", "reason"], name="one_backfill_per_run_step"
+            ),
         ]
 
     def __str__(self) -> str:

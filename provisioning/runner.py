@@ -72,7 +72,11 @@ def _execute_step(run: ProvisioningRun, environment: Environment, step: dict[str
             reason=f"breaking change: {step['feature']} -> column {step['column']}",
             defaults={"environment": environment, "features": [step["feature"]]},
         )
-        return StepOutcome(request=[f"backfill {step['component']}.{step['column']}"], changed=created, result={"backfill": backfill.pk})
+        return StepOutcome(
+            request=[f"backfill {step['component']}.{step['column']}"],
+            changed=created,
+            result={"backfill": backfill.pk},
+        )
     raise PermanentStoreError(f"unknown step kind {kind!r}: this worker is older than the plan; upgrade it")
 
 
@@ -93,7 +97,7 @@ def _with_retries(call: Callable[[], StepOutcome], on_attempt: Callable[[], None
         on_attempt()
         try:
             return call()
-        except Exception as raw:  # noqa: BLE001 - every failure is classified; nothing is swallowed
+        except Exception as raw:
             error = _classify(raw)
             if not error.transient or attempt == attempts:
                 if error.transient:
@@ -129,7 +133,11 @@ def _set_change_request_state(run: ProvisioningRun, state: str, reason: str = ""
 def run_claim(run_id: int, worker: str) -> bool:
     now = timezone.now()
     claimed = ProvisioningRun.objects.filter(pk=run_id, state=ProvisioningRun.State.QUEUED).update(
-        state=ProvisioningRun.State.RUNNING, claimed_by=worker, claimed_at=now, heartbeat_at=now, attempts=F("attempts") + 1
+        state=ProvisioningRun.State.RUNNING,
+        claimed_by=worker,
+        claimed_at=now,
+        heartbeat_at=now,
+        attempts=F("attempts") + 1,
     )
     return claimed == 1
 
@@ -140,7 +148,9 @@ def run_execute(*, run_id: int, worker: str) -> str:
     if run is None:
         return "missing"
     earlier = ProvisioningRun.objects.filter(
-        environment=run.environment, revision__lt=run.revision, state__in=[ProvisioningRun.State.QUEUED, ProvisioningRun.State.RUNNING]
+        environment=run.environment,
+        revision__lt=run.revision,
+        state__in=[ProvisioningRun.State.QUEUED, ProvisioningRun.State.RUNNING],
     )
     if earlier.exists():
         raise RunNotReady(f"run {run.pk} waits for earlier runs of {run.environment.name}")
@@ -149,7 +159,14 @@ def run_execute(*, run_id: int, worker: str) -> str:
         return "not-claimed"
     run.refresh_from_db()
     with transaction.atomic():
-        audit_log_write(actor=None, action="provisioning_run.claim", object_type="provisioning_run", object_id=run.pk, environment=run.environment.name, after={"worker": worker, "attempt": run.attempts})
+        audit_log_write(
+            actor=None,
+            action="provisioning_run.claim",
+            object_type="provisioning_run",
+            object_id=run.pk,
+            environment=run.environment.name,
+            after={"worker": worker, "attempt": run.attempts},
+        )
     _set_change_request_state(run, ChangeRequest.State.APPLYING)
     environment = run.environment
     for step_row in _steps_ensure(run):
@@ -165,8 +182,11 @@ def run_execute(*, run_id: int, worker: str) -> str:
             ProvisioningStep.objects.filter(pk=row.pk).update(attempts=F("attempts") + 1)
             ProvisioningRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
 
+        def call(step: dict[str, Any] = plan_step) -> StepOutcome:
+            return _execute_step(run, environment, step)
+
         try:
-            outcome = _with_retries(lambda step=plan_step: _execute_step(run, environment, step), attempt)
+            outcome = _with_retries(call, attempt)
         except StoreError as error:
             message = f"step {step_row.index} ({step_row.kind} {step_row.target}) failed: {error}"
             step_row.status = ProvisioningStep.Status.FAILED
@@ -192,7 +212,14 @@ def run_execute(*, run_id: int, worker: str) -> str:
 def _finish(run: ProvisioningRun, state: str, error: str) -> None:
     with transaction.atomic():
         ProvisioningRun.objects.filter(pk=run.pk).update(state=state, error=error, finished_at=timezone.now())
-        audit_log_write(actor=None, action=f"provisioning_run.{state}", object_type="provisioning_run", object_id=run.pk, environment=run.environment.name, after={"state": state, **({"error": error} if error else {})})
+        audit_log_write(
+            actor=None,
+            action=f"provisioning_run.{state}",
+            object_type="provisioning_run",
+            object_id=run.pk,
+            environment=run.environment.name,
+            after={"state": state, **({"error": error} if error else {})},
+        )
 
 
 def runs_reap_stale() -> list[int]:
@@ -201,11 +228,29 @@ def runs_reap_stale() -> list[int]:
     freed = []
     for run in ProvisioningRun.objects.filter(state=ProvisioningRun.State.RUNNING, heartbeat_at__lt=cutoff):
         with transaction.atomic():
-            if ProvisioningRun.objects.filter(pk=run.pk, state=ProvisioningRun.State.RUNNING, heartbeat_at__lt=cutoff).update(state=ProvisioningRun.State.QUEUED) == 1:
-                ProvisioningStep.objects.filter(run=run, status=ProvisioningStep.Status.RUNNING).update(status=ProvisioningStep.Status.PENDING)
-                audit_log_write(actor=None, action="provisioning_run.reaped", object_type="provisioning_run", object_id=run.pk, environment=run.environment.name, after={"previous_worker": run.claimed_by})
+            if (
+                ProvisioningRun.objects.filter(
+                    pk=run.pk, state=ProvisioningRun.State.RUNNING, heartbeat_at__lt=cutoff
+                ).update(state=ProvisioningRun.State.QUEUED)
+                == 1
+            ):
+                ProvisioningStep.objects.filter(run=run, status=ProvisioningStep.Status.RUNNING).update(
+                    status=ProvisioningStep.Status.PENDING
+                )
+                audit_log_write(
+                    actor=None,
+                    action="provisioning_run.reaped",
+                    object_type="provisioning_run",
+                    object_id=run.pk,
+                    environment=run.environment.name,
+                    after={"previous_worker": run.claimed_by},
+                )
                 freed.append(run.pk)
     # A queued run whose task message was lost (a broker restart without persistence) is sent again; the
     # claim's compare-and-set makes a duplicate delivery harmless.
-    freed.extend(ProvisioningRun.objects.filter(state=ProvisioningRun.State.QUEUED, created_at__lt=cutoff).values_list("pk", flat=True))
+    freed.extend(
+        ProvisioningRun.objects.filter(state=ProvisioningRun.State.QUEUED, created_at__lt=cutoff).values_list(
+            "pk", flat=True
+        )
+    )
     return freed

@@ -10,7 +10,12 @@ logger = logging.getLogger(__name__)
 
 
 def provisioning_run_queue(
-    *, environment: Environment, change_request: ChangeRequest | None, plan: dict[str, Any], plan_hash: str, revision: int
+    *,
+    environment: Environment,
+    change_request: ChangeRequest | None,
+    plan: dict[str, Any],
+    plan_hash: str,
+    revision: int,
 ) -> ProvisioningRun:
     """A run row for the approved plan, and a task for a worker once the transaction commits."""
     run = ProvisioningRun.objects.create(

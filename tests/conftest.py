@@ -41,7 +41,9 @@ def reference(db: None) -> None:
 @pytest.fixture
 def users(reference: None, django_user_model: Any) -> dict[str, Any]:
     def make(name: str, *, group: str | None = None, superuser: bool = False) -> Any:
-        user = django_user_model.objects.create_user(username=name, password="pw-" + name, is_superuser=superuser, is_staff=superuser)
+        user = django_user_model.objects.create_user(
+            username=name, password="pw-" + name, is_superuser=superuser, is_staff=superuser
+        )
         if group:
             user.groups.add(Group.objects.get(name=group))
         return user
@@ -86,7 +88,9 @@ def specs(real_specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return copy.deepcopy(real_specs)
 
 
-def mini_spec(component: str = "c1", owner: str = "team-straddle", names: tuple[str, ...] = ("alpha", "beta", "gamma_ratio")) -> dict[str, Any]:
+def mini_spec(
+    component: str = "c1", owner: str = "team-straddle", names: tuple[str, ...] = ("alpha", "beta", "gamma_ratio")
+) -> dict[str, Any]:
     return {
         "component": component,
         "entity_type": "instrument_minute",

@@ -9,9 +9,19 @@ pytestmark = pytest.mark.django_db
 def test_submit_approve_queues_run(loaded, client_for, specs):
     specs[0]["features"][0]["description"] = "Changed description."
     specs[0]["features"].append(
-        {"name": "atm_straddle_premium_ema_99", "dtype": "float64", "description": "New.", "ttl": "48h", "online": False, "source": "component_01.atmStraddlePremiumEma99", "tags": ["minute"]}
+        {
+            "name": "atm_straddle_premium_ema_99",
+            "dtype": "float64",
+            "description": "New.",
+            "ttl": "48h",
+            "online": False,
+            "source": "component_01.atmStraddlePremiumEma99",
+            "tags": ["minute"],
+        }
     )
-    response = client_for("dave").post("/api/v1/change-requests/", {"environment": "dev", "title": "t", "specs": [specs[0]]}, format="json")
+    response = client_for("dave").post(
+        "/api/v1/change-requests/", {"environment": "dev", "title": "t", "specs": [specs[0]]}, format="json"
+    )
     assert response.status_code == 201, response.json()
     body = response.json()
     assert body["plan"]["summary"]["create"] == 1

@@ -14,6 +14,7 @@ from django.db import connection
 from catalog.models import ChangeRequest
 from provisioning.backends import offline_store_for, online_store_for
 from provisioning.models import ProvisioningRun, ProvisioningStep
+from provisioning.offline.duckdb_store import DuckDBOfflineStore
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 ROOT = Path(settings.BASE_DIR)
@@ -29,7 +30,10 @@ def _database_url() -> str:
 @pytest.fixture
 def store_paths(tmp_path, settings):
     stores = {
-        name: {"offline_options": {"path": str(tmp_path / "offline")}, "online_options": {"path": str(tmp_path / "online")}}
+        name: {
+            "offline_options": {"path": str(tmp_path / "offline")},
+            "online_options": {"path": str(tmp_path / "online")},
+        }
         for name in ("dev", "staging", "prod")
     }
     settings.FCC_STORES = stores
@@ -46,10 +50,24 @@ def worker(store_paths, tmp_path):
         "FCC_STEP_BACKOFF_SECONDS": "0.05",
     }
     celery = [sys.executable, "-m", "celery", "-A", "config"]
-    subprocess.run([*celery, "purge", "-f", "-Q", "provisioning"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [*celery, "purge", "-f", "-Q", "provisioning"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=60
+    )
     log = (tmp_path / "worker.log").open("w")
     process = subprocess.Popen(
-        [*celery, "worker", "-Q", "provisioning", "--pool", "solo", "--loglevel", "INFO", "--without-heartbeat", "--without-mingle", "--without-gossip"],
+        [
+            *celery,
+            "worker",
+            "-Q",
+            "provisioning",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "INFO",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -81,7 +99,11 @@ def test_approved_change_is_applied_by_a_worker(worker, users, loaded, client_fo
 
     dev = Environment.objects.get(name="dev")
     first = ProvisioningRun.objects.get(environment=dev, revision=1)
-    _wait_for(lambda: ProvisioningRun.objects.filter(pk=first.pk, state="succeeded").exists(), what="the bootstrap run", log=log)
+    _wait_for(
+        lambda: ProvisioningRun.objects.filter(pk=first.pk, state="succeeded").exists(),
+        what="the bootstrap run",
+        log=log,
+    )
 
     store = offline_store_for(dev)
     live = store.describe()
@@ -92,30 +114,50 @@ def test_approved_change_is_applied_by_a_worker(worker, users, loaded, client_fo
     assert c1.require_partition_filter is True
     assert len(c1.columns) == 150 + 3
     assert store.views() == ["training_dataset"]
-    assert len(online_store_for(dev).describe().features) == 32
+    online = online_store_for(dev).describe()
+    assert online is not None
+    assert len(online.features) == 32
 
     c1_spec = next(s for s in specs if s["component"] == "c1")
     c1_spec["features"].append(
-        {"name": "atm_straddle_premium_ema_200", "dtype": "float64", "description": "EMA 200.", "ttl": "48h", "online": False, "source": "component_01.atmStraddlePremiumEma200", "tags": ["ema"]}
+        {
+            "name": "atm_straddle_premium_ema_200",
+            "dtype": "float64",
+            "description": "EMA 200.",
+            "ttl": "48h",
+            "online": False,
+            "source": "component_01.atmStraddlePremiumEma200",
+            "tags": ["ema"],
+        }
     )
-    target = next(f for f in c1_spec["features"] if f["dtype"] == "float64" and not f["online"] and f["name"] != "atm_straddle_premium_ema_200")
+    target = next(
+        f
+        for f in c1_spec["features"]
+        if f["dtype"] == "float64" and not f["online"] and f["name"] != "atm_straddle_premium_ema_200"
+    )
     target["dtype"] = "string"  # breaking: a new version column and a backfill
-    response = client_for("dave").post("/api/v1/change-requests/", {"environment": "dev", "title": "EMA 200", "specs": [c1_spec]}, format="json")
+    response = client_for("dave").post(
+        "/api/v1/change-requests/", {"environment": "dev", "title": "EMA 200", "specs": [c1_spec]}, format="json"
+    )
     assert response.status_code == 201, response.json()
     cr_id = response.json()["change_request"]["id"]
     approve = client_for("alice").post(f"/api/v1/change-requests/{cr_id}/approve/", {"comment": "ok"}, format="json")
     assert approve.status_code == 200, approve.json()
 
-    _wait_for(lambda: ChangeRequest.objects.get(pk=cr_id).state == "applied", what="the change request to be applied", log=log)
-    live = store.describe()["c1_features"]
-    assert live.column("atm_straddle_premium_ema_200").type == "FLOAT64"
-    assert live.column(f"{target['name']}__v2").type == "STRING"
-    assert live.column(target["name"]).type == "FLOAT64"  # the old version's data is kept
+    _wait_for(
+        lambda: ChangeRequest.objects.get(pk=cr_id).state == "applied", what="the change request to be applied", log=log
+    )
+    c1 = store.describe()["c1_features"]
+    assert c1.column("atm_straddle_premium_ema_200").type == "FLOAT64"
+    assert c1.column(f"{target['name']}__v2").type == "STRING"
+    assert c1.column(target["name"]).type == "FLOAT64"  # the old version's data is kept
     run = ProvisioningRun.objects.get(change_request_id=cr_id)
     steps = list(ProvisioningStep.objects.filter(run=run).values_list("kind", "status"))
     assert ("add_columns", "succeeded") in steps
     assert ("schedule_backfill", "succeeded") in steps
     assert all(status == "succeeded" for _, status in steps)
+    assert isinstance(store, DuckDBOfflineStore)
     with store.connect(read_only=True) as duck:
         columns = [row[0] for row in duck.execute("DESCRIBE market_regime_dev.training_dataset").fetchall()]
-    assert target["name"] in columns and "atm_straddle_premium_ema_200" in columns
+    assert target["name"] in columns
+    assert "atm_straddle_premium_ema_200" in columns

@@ -6,8 +6,8 @@ from catalog.models.team import Team, TeamMembership
 
 __all__ = [
     "AppliedRevision",
-    "AuditChainHead",
     "Approval",
+    "AuditChainHead",
     "AuditLogEntry",
     "ChangeRequest",
     "Component",

@@ -17,12 +17,17 @@ class AuditChainHead(models.Model):
     last_hash = models.CharField(max_length=64, default=GENESIS_HASH)
     last_entry_id = models.BigIntegerField(null=True)
 
+    def __str__(self) -> str:
+        return f"audit chain head at entry {self.last_entry_id}"
+
 
 class AuditLogEntry(ImmutableModel):
     """Append-only: who did what, when, with the state before and after. Each entry hashes the one before."""
 
     at = models.DateTimeField()
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     actor_name = models.CharField(max_length=150)
     action = models.CharField(max_length=64)
     object_type = models.CharField(max_length=64)

@@ -70,7 +70,9 @@ class Feature(models.Model):
             models.UniqueConstraint(fields=["environment", "name"], name="unique_feature_name_per_env"),
             # Sources map to one active feature; a deprecated feature keeps its source for lineage.
             models.UniqueConstraint(
-                fields=["environment", "source"], condition=models.Q(status="active"), name="unique_active_source_per_env"
+                fields=["environment", "source"],
+                condition=models.Q(status="active"),
+                name="unique_active_source_per_env",
             ),
         ]
         indexes = [

@@ -2,7 +2,9 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
-slug_validator = RegexValidator(r"^[a-z][a-z0-9-]{0,62}$", "lowercase letters, digits and hyphens, starting with a letter")
+slug_validator = RegexValidator(
+    r"^[a-z][a-z0-9-]{0,62}$", "lowercase letters, digits and hyphens, starting with a letter"
+)
 
 
 class Team(models.Model):

@@ -5,36 +5,65 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('catalog', '0001_initial'),
+        ("catalog", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ProvisioningRun',
+            name="ProvisioningRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('revision', models.PositiveIntegerField()),
-                ('plan', models.JSONField()),
-                ('plan_hash', models.CharField(max_length=64)),
-                ('state', models.CharField(choices=[('queued', 'queued'), ('running', 'running'), ('succeeded', 'succeeded'), ('failed', 'failed')], default='queued', max_length=16)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('claimed_by', models.CharField(blank=True, max_length=200)),
-                ('claimed_at', models.DateTimeField(blank=True, null=True)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('change_request', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='provisioning_runs', to='catalog.changerequest')),
-                ('environment', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='provisioning_runs', to='catalog.environment')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("revision", models.PositiveIntegerField()),
+                ("plan", models.JSONField()),
+                ("plan_hash", models.CharField(max_length=64)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("queued", "queued"),
+                            ("running", "running"),
+                            ("succeeded", "succeeded"),
+                            ("failed", "failed"),
+                        ],
+                        default="queued",
+                        max_length=16,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("claimed_by", models.CharField(blank=True, max_length=200)),
+                ("claimed_at", models.DateTimeField(blank=True, null=True)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "change_request",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="provisioning_runs",
+                        to="catalog.changerequest",
+                    ),
+                ),
+                (
+                    "environment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="provisioning_runs",
+                        to="catalog.environment",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
-                'indexes': [models.Index(fields=['state', 'heartbeat_at'], name='provisionin_state_761e94_idx')],
-                'constraints': [models.UniqueConstraint(fields=('environment', 'revision'), name='one_run_per_env_revision')],
+                "ordering": ["-id"],
+                "indexes": [models.Index(fields=["state", "heartbeat_at"], name="provisionin_state_761e94_idx")],
+                "constraints": [
+                    models.UniqueConstraint(fields=("environment", "revision"), name="one_run_per_env_revision")
+                ],
             },
         ),
     ]

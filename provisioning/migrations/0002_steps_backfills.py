@@ -5,49 +5,103 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('catalog', '0002_reference_data'),
-        ('provisioning', '0001_initial'),
+        ("catalog", "0002_reference_data"),
+        ("provisioning", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Backfill',
+            name="Backfill",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('features', models.JSONField(default=list)),
-                ('reason', models.CharField(max_length=200)),
-                ('state', models.CharField(choices=[('pending', 'pending'), ('running', 'running'), ('succeeded', 'succeeded'), ('failed', 'failed'), ('cancelled', 'cancelled')], default='pending', max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('component', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='backfills', to='catalog.component')),
-                ('environment', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='backfills', to='catalog.environment')),
-                ('provisioning_run', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='backfills', to='provisioning.provisioningrun')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("features", models.JSONField(default=list)),
+                ("reason", models.CharField(max_length=200)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "pending"),
+                            ("running", "running"),
+                            ("succeeded", "succeeded"),
+                            ("failed", "failed"),
+                            ("cancelled", "cancelled"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "component",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="backfills", to="catalog.component"
+                    ),
+                ),
+                (
+                    "environment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="backfills", to="catalog.environment"
+                    ),
+                ),
+                (
+                    "provisioning_run",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="backfills",
+                        to="provisioning.provisioningrun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
-                'constraints': [models.UniqueConstraint(fields=('provisioning_run', 'component', 'reason'), name='one_backfill_per_run_step')],
+                "ordering": ["-id"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("provisioning_run", "component", "reason"), name="one_backfill_per_run_step"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ProvisioningStep',
+            name="ProvisioningStep",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('index', models.PositiveIntegerField()),
-                ('kind', models.CharField(max_length=64)),
-                ('target', models.CharField(blank=True, max_length=200)),
-                ('status', models.CharField(choices=[('pending', 'pending'), ('running', 'running'), ('succeeded', 'succeeded'), ('failed', 'failed')], default='pending', max_length=16)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('request', models.JSONField(default=list)),
-                ('result', models.JSONField(default=dict)),
-                ('error', models.TextField(blank=True)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='steps', to='provisioning.provisioningrun')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("index", models.PositiveIntegerField()),
+                ("kind", models.CharField(max_length=64)),
+                ("target", models.CharField(blank=True, max_length=200)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "pending"),
+                            ("running", "running"),
+                            ("succeeded", "succeeded"),
+                            ("failed", "failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("request", models.JSONField(default=list)),
+                ("result", models.JSONField(default=dict)),
+                ("error", models.TextField(blank=True)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="steps",
+                        to="provisioning.provisioningrun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['run', 'index'],
-                'constraints': [models.UniqueConstraint(fields=('run', 'index'), name='unique_run_step')],
+                "ordering": ["run", "index"],
+                "constraints": [models.UniqueConstraint(fields=("run", "index"), name="unique_run_step")],
             },
         ),
     ]

@@ -36,7 +36,7 @@ class LiveTable:
 class StepOutcome:
     """What a store call sent and what it found: `changed` is False when the target already matched."""
 
-    request: list[str]
+    request: list[Any]
     changed: bool
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -44,7 +44,9 @@ class StepOutcome:
 class OfflineStore(ABC):
     kind: str = ""
 
-    def __init__(self, *, environment: str, project: str, dataset: str, region: str, options: dict[str, Any] | None = None):
+    def __init__(
+        self, *, environment: str, project: str, dataset: str, region: str, options: dict[str, Any] | None = None
+    ):
         self.environment = environment
         self.project = project
         self.dataset = dataset

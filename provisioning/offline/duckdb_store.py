@@ -65,11 +65,15 @@ class DuckDBOfflineStore(OfflineStore):
         finally:
             connection.close()
 
-    def _execute(self, statements: Sequence[str]) -> None:
+    def _execute(self, statements: Sequence[str | tuple[str, list[Any]]]) -> None:
+        """Runs the statements in one transaction: all of them apply or none does."""
         with self.connect() as connection:
             connection.execute("BEGIN")
             for statement in statements:
-                connection.execute(statement)
+                if isinstance(statement, tuple):
+                    connection.execute(*statement)
+                else:
+                    connection.execute(statement)
             connection.execute("COMMIT")
 
     def ensure_dataset(self) -> StepOutcome:
@@ -88,8 +92,8 @@ class DuckDBOfflineStore(OfflineStore):
         self._execute(statements)
         return StepOutcome(request=[sql], changed=not (exists and exists[0]))
 
-    def _metadata_statements(self, table: TableSpec) -> list[str]:
-        values = [
+    def _metadata_statements(self, table: TableSpec) -> list[str | tuple[str, list[Any]]]:
+        values: list[Any] = [
             self.dataset,
             table.name,
             table.partition_column,
@@ -98,15 +102,14 @@ class DuckDBOfflineStore(OfflineStore):
             table.description,
             json.dumps(dict(table.labels), sort_keys=True),
         ]
-        rendered = ", ".join(
-            "TRUE" if v is True else "FALSE" if v is False else _sql_string(str(v)) for v in values
-        )
-        statements = [f'INSERT OR REPLACE INTO "{META_SCHEMA}".table_options VALUES ({rendered})']
+        statements: list[str | tuple[str, list[Any]]] = [
+            (f'INSERT OR REPLACE INTO "{META_SCHEMA}".table_options VALUES (?, ?, ?, ?, ?, ?, ?)', values)  # noqa: S608
+        ]
         for column in table.columns:
             if column.description:
-                statements.append(
-                    f'COMMENT ON COLUMN "{self.dataset}"."{table.name}"."{column.name}" IS {_sql_string(column.description)}'
-                )
+                # COMMENT takes no parameters: the identifiers are validated names, the text is escaped.
+                target = f'"{self.dataset}"."{table.name}"."{column.name}"'
+                statements.append(f"COMMENT ON COLUMN {target} IS {_sql_string(column.description)}")
         return statements
 
     def create_table(self, table: TableSpec) -> StepOutcome:
@@ -172,8 +175,8 @@ class DuckDBOfflineStore(OfflineStore):
             return {}
         with self.connect(read_only=True) as connection:
             has_meta = connection.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = 'table_options'",
-                [META_SCHEMA],
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                [META_SCHEMA, "table_options"],
             ).fetchone()
             columns = connection.execute(
                 "SELECT c.table_name, c.column_name, c.data_type, c.is_nullable, dc.comment "
@@ -187,21 +190,25 @@ class DuckDBOfflineStore(OfflineStore):
             options = {}
             if has_meta and has_meta[0]:
                 for row in connection.execute(
-                    f'SELECT table_name, partition_column, cluster_by, require_partition_filter, description, labels FROM "{META_SCHEMA}".table_options WHERE dataset = ?',
+                    "SELECT table_name, partition_column, cluster_by, require_partition_filter, description, labels "  # noqa: S608
+                    f'FROM "{META_SCHEMA}".table_options WHERE dataset = ?',
                     [self.dataset],
                 ).fetchall():
                     options[row[0]] = row[1:]
             sizes = {
                 row[0]: (int(row[1] or 0), int(row[2] or 0))
                 for row in connection.execute(
-                    "SELECT table_name, estimated_size, column_count * estimated_size * 8 FROM duckdb_tables() WHERE schema_name = ?",
+                    "SELECT table_name, estimated_size, column_count * estimated_size * 8 FROM duckdb_tables() "
+                    "WHERE schema_name = ?",
                     [self.dataset],
                 ).fetchall()
             }
         tables: dict[str, list[LiveColumn]] = {}
         for table, column, dtype, nullable, comment in columns:
             tables.setdefault(table, []).append(
-                LiveColumn(column, DUCKDB_TO_BIGQUERY.get(dtype, dtype), required=nullable == "NO", description=comment or "")
+                LiveColumn(
+                    column, DUCKDB_TO_BIGQUERY.get(dtype, dtype), required=nullable == "NO", description=comment or ""
+                )
             )
         live = {}
         for name, cols in tables.items():
@@ -238,4 +245,3 @@ class DuckDBOfflineStore(OfflineStore):
 
 def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''").replace("\x00", "") + "'"
-

@@ -56,5 +56,7 @@ class OnlineStore(ABC):
         """Writes the latest values: (entity id, event time, {feature: value}). Older values never win."""
 
     @abstractmethod
-    def read(self, entity_ids: Sequence[str], features: Sequence[str], now: datetime | None = None) -> dict[str, dict[str, OnlineValue]]:
+    def read(
+        self, entity_ids: Sequence[str], features: Sequence[str], now: datetime | None = None
+    ) -> dict[str, dict[str, OnlineValue]]:
         """Values by entity id and feature; missing and expired values are explicit, never zero."""

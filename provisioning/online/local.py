@@ -45,7 +45,9 @@ class LocalOnlineStore(OnlineStore):
             connection.close()
 
     def update(self, view: OnlineViewSpec) -> StepOutcome:
-        definition = json.dumps({"features": [asdict(f) for f in view.features], "options": view.options}, sort_keys=True)
+        definition = json.dumps(
+            {"features": [asdict(f) for f in view.features], "options": view.options}, sort_keys=True
+        )
         with self.connect() as connection:
             row = connection.execute("SELECT definition FROM feature_view WHERE name = ?", [view.name]).fetchone()
             if row and row[0] == definition:
@@ -77,7 +79,9 @@ class LocalOnlineStore(OnlineStore):
         written = 0
         with self.connect() as connection:
             for entity_id, event_time, values in rows:
-                current = connection.execute("SELECT values_json FROM online_values WHERE entity_id = ?", [entity_id]).fetchone()
+                current = connection.execute(
+                    "SELECT values_json FROM online_values WHERE entity_id = ?", [entity_id]
+                ).fetchone()
                 merged: dict[str, Any] = json.loads(current[0]) if current else {}
                 stamp = event_time.timestamp()
                 for name, value in values.items():
@@ -92,14 +96,18 @@ class LocalOnlineStore(OnlineStore):
                 written += 1
         return written
 
-    def read(self, entity_ids: Sequence[str], features: Sequence[str], now: datetime | None = None) -> dict[str, dict[str, OnlineValue]]:
+    def read(
+        self, entity_ids: Sequence[str], features: Sequence[str], now: datetime | None = None
+    ) -> dict[str, dict[str, OnlineValue]]:
         view = self.describe()
         ttls = {f.name: f.ttl_seconds for f in view.features} if view else {}
         moment = (now or datetime.now(UTC)).timestamp()
         out: dict[str, dict[str, OnlineValue]] = {}
         with self.connect() as connection:
             for entity_id in entity_ids:
-                row = connection.execute("SELECT values_json FROM online_values WHERE entity_id = ?", [entity_id]).fetchone()
+                row = connection.execute(
+                    "SELECT values_json FROM online_values WHERE entity_id = ?", [entity_id]
+                ).fetchone()
                 stored = json.loads(row[0]) if row else {}
                 values = {}
                 for name in features:

@@ -25,5 +25,11 @@ class Command(BaseCommand):
         expires = timezone.now() + timedelta(days=options["expires_days"]) if options["expires_days"] else None
         with transaction.atomic():
             token, secret = ApiToken.issue(user=user, name=options["name"], expires_at=expires)
-            audit_log_write(actor=None, action="api_token.issue", object_type="api_token", object_id=token.pk, after={"user": user.get_username(), "name": token.name, "prefix": token.prefix})
+            audit_log_write(
+                actor=None,
+                action="api_token.issue",
+                object_type="api_token",
+                object_id=token.pk,
+                after={"user": user.get_username(), "name": token.name, "prefix": token.prefix},
+            )
         self.stdout.write(secret)

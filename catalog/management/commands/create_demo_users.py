@@ -25,7 +25,9 @@ class Command(BaseCommand):
         rows = []
 
         def ensure(username: str, *, superuser: bool = False, group: str | None = None) -> Any:
-            user, created = user_model.objects.get_or_create(username=username, defaults={"is_staff": superuser, "is_superuser": superuser})
+            user, created = user_model.objects.get_or_create(
+                username=username, defaults={"is_staff": superuser, "is_superuser": superuser}
+            )
             if created:
                 user.set_password(password)
                 user.save()
@@ -42,14 +44,16 @@ class Command(BaseCommand):
         for component in Component.objects.select_related("owner"):
             username = f"owner-{component.key}"
             user = ensure(username)
-            TeamMembership.objects.get_or_create(team=component.owner, user=user, defaults={"role": TeamMembership.Role.OWNER})
+            TeamMembership.objects.get_or_create(
+                team=component.owner, user=user, defaults={"role": TeamMembership.Role.OWNER}
+            )
             rows.append((username, f"owner of {component.owner.slug} ({component.key})"))
         registrar = ensure("ci-registrar", group="registrar")
         rows.append(("ci-registrar", "registrar (CI identity)"))
         # A fresh demo token each run (the secret is only ever shown once); the previous one is revoked.
         ApiToken.objects.filter(user=registrar, name="demo", revoked_at__isnull=True).update(revoked_at=timezone.now())
         _, secret = ApiToken.issue(user=registrar, name="demo")
-        self.stdout.write("Demo users (password for all: %s):" % password)
+        self.stdout.write(f"Demo users (password for all: {password}):")
         for username, role in rows:
             self.stdout.write(f"  {username:<14} {role}")
         self.stdout.write(f"API token for ci-registrar: {secret}")

@@ -13,7 +13,13 @@ class Command(BaseCommand):
     help = "Bring environments to the state of the spec files (catalog/specs/). Safe to run again."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--env", action="append", dest="envs", choices=[c[0] for c in Environment.Name.choices], help="environment (repeatable; default: all)")
+        parser.add_argument(
+            "--env",
+            action="append",
+            dest="envs",
+            choices=[c[0] for c in Environment.Name.choices],
+            help="environment (repeatable; default: all)",
+        )
         parser.add_argument("--specs", type=Path, default=settings.FCC_SPECS_DIR, help="directory of spec YAML files")
 
     def handle(self, *args: Any, **options: Any) -> None:
