@@ -1,6 +1,7 @@
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from api import views
+from api import views, views_provisioning
 
 router = DefaultRouter()
 router.register("environments", views.EnvironmentViewSet, basename="environment")
@@ -11,4 +12,9 @@ router.register("change-requests", views.ChangeRequestViewSet, basename="change-
 router.register("provisioning-runs", views.ProvisioningRunViewSet, basename="provisioning-run")
 router.register("audit-log", views.AuditLogViewSet, basename="audit-log")
 
-urlpatterns = router.urls
+urlpatterns = [
+    path("environments/<str:name>/drift/", views_provisioning.DriftView.as_view(), name="environment-drift"),
+    path("environments/<str:name>/costs/", views_provisioning.CostsView.as_view(), name="environment-costs"),
+    path("provisioning-runs/<int:pk>/retry/", views_provisioning.RunRetryView.as_view(), name="provisioning-run-retry"),
+    *router.urls,
+]

@@ -108,6 +108,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
 
 LOGIN_URL = "/accounts/login/"
@@ -216,4 +217,8 @@ FCC_STEP_BACKOFF_SECONDS = float(os.environ.get("FCC_STEP_BACKOFF_SECONDS", "0.5
 FCC_RUN_STALE_SECONDS = int(os.environ.get("FCC_RUN_STALE_SECONDS", "120"))
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-provisioning-runs": {"task": "provisioning.reap_stale_runs", "schedule": 60.0},
+    "detect-drift": {
+        "task": "provisioning.drift_detect_all",
+        "schedule": float(os.environ.get("FCC_DRIFT_SECONDS", "900")),
+    },
 }

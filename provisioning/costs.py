@@ -51,3 +51,54 @@ def plan_cost(plan: Mapping[str, Any]) -> dict[str, Any]:
         "online_nodes_added": online_nodes,
         "online_usd_per_month": round(online_nodes * HOURS_PER_MONTH * prices["bigtable_node_hour"], 2),
     }
+
+
+def environment_costs(environment: Any) -> dict[str, Any]:
+    """Per table rows and bytes from the store, estimated monthly storage, the scan of a full
+    training_dataset query, online serving node-hours from the autoscaling settings, and what each applied
+    change request added (from its plan's estimate)."""
+    from catalog.models import ChangeRequest
+    from provisioning.backends import offline_store_for
+
+    prices = settings.FCC_PRICES
+    live = offline_store_for(environment).describe()
+    tables = []
+    total_bytes = 0
+    for name, table in sorted(live.items()):
+        total_bytes += table.num_bytes
+        labels = table.labels
+        tables.append(
+            {
+                "table": name,
+                "component": labels.get("component", ""),
+                "team": labels.get("team", ""),
+                "rows": table.num_rows,
+                "bytes": table.num_bytes,
+                "storage_usd_per_month": round(table.num_bytes / GIB * prices["bigquery_active_storage_gib_month"], 4),
+            }
+        )
+    min_nodes = int(settings.FCC_ONLINE_MIN_NODES)
+    max_nodes = int(settings.FCC_ONLINE_MAX_NODES)
+    changes = [
+        {"change_request": cr.pk, "title": cr.title, "state": cr.state, "cost": cr.plan.get("cost", {})}
+        for cr in ChangeRequest.objects.filter(
+            environment=environment,
+            state__in=[ChangeRequest.State.APPLIED, ChangeRequest.State.APPROVED, ChangeRequest.State.APPLYING],
+        ).order_by("-id")[:100]
+    ]
+    return {
+        "environment": environment.name,
+        "tables": tables,
+        "storage_bytes": total_bytes,
+        "storage_usd_per_month": round(total_bytes / GIB * prices["bigquery_active_storage_gib_month"], 4),
+        # A training_dataset query without a partition filter reads every column of every table once.
+        "training_dataset_scan_bytes": total_bytes,
+        "training_dataset_scan_usd": round(total_bytes / TIB * prices["bigquery_on_demand_tib_scanned"], 6),
+        "online_node_hours_per_month": {"min": min_nodes * HOURS_PER_MONTH, "max": max_nodes * HOURS_PER_MONTH},
+        "online_usd_per_month": {
+            "min": round(min_nodes * HOURS_PER_MONTH * prices["bigtable_node_hour"], 2),
+            "max": round(max_nodes * HOURS_PER_MONTH * prices["bigtable_node_hour"], 2),
+        },
+        "prices": prices,
+        "change_requests": changes,
+    }

@@ -98,3 +98,22 @@ class Backfill(models.Model):
 
     def __str__(self) -> str:
         return f"backfill {self.pk} {self.component_id} ({self.state})"
+
+
+class DriftReport(models.Model):
+    """What the live stores have that the catalog does not, and the reverse, at one moment."""
+
+    environment = models.ForeignKey("catalog.Environment", on_delete=models.PROTECT, related_name="drift_reports")
+    revision = models.PositiveIntegerField()
+    findings = models.JSONField(default=list)
+    consistent = models.BooleanField()
+    error = models.TextField(blank=True)
+    trigger = models.CharField(max_length=16, default="schedule")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["environment", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"drift {self.environment_id}@{self.revision}: {len(self.findings)} findings"

@@ -25,6 +25,7 @@ from provisioning.ddl import VIEW_NAME, Column
 from provisioning.errors import PermanentStoreError, StoreError, TransientStoreError
 from provisioning.models import Backfill, ProvisioningRun, ProvisioningStep
 from provisioning.offline.base import StepOutcome
+from provisioning.preflight import preflight
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,19 @@ def _target(step: dict[str, Any]) -> str:
     return str(step.get("table") or step.get("view") or step.get("component") or step.get("kind"))
 
 
+PREFLIGHT = {"kind": "preflight"}
+
+
+def _run_steps(run: ProvisioningRun) -> list[dict[str, Any]]:
+    """Step 0 is the preflight; the plan's steps follow in order."""
+    return [PREFLIGHT, *run.plan["steps"]]
+
+
 def _steps_ensure(run: ProvisioningRun) -> list[ProvisioningStep]:
     existing = {s.index: s for s in run.steps.all()}
     created = [
         ProvisioningStep(run=run, index=i, kind=step["kind"], target=_target(step))
-        for i, step in enumerate(run.plan["steps"])
+        for i, step in enumerate(_run_steps(run))
         if i not in existing
     ]
     ProvisioningStep.objects.bulk_create(created, ignore_conflicts=True)
@@ -51,6 +60,9 @@ def _steps_ensure(run: ProvisioningRun) -> list[ProvisioningStep]:
 def _execute_step(run: ProvisioningRun, environment: Environment, step: dict[str, Any]) -> StepOutcome:
     kind = step["kind"]
     offline = offline_store_for(environment)
+    if kind == "preflight":
+        result = preflight(offline, environment, run.plan)
+        return StepOutcome(request=[f"dry run of {result['statements']} statements"], changed=False, result=result)
     if kind == "ensure_dataset":
         return offline.ensure_dataset()
     if kind in ("create_table", "update_table_metadata"):
@@ -172,7 +184,7 @@ def run_execute(*, run_id: int, worker: str) -> str:
     for step_row in _steps_ensure(run):
         if step_row.status == ProvisioningStep.Status.SUCCEEDED:
             continue
-        plan_step = run.plan["steps"][step_row.index]
+        plan_step = _run_steps(run)[step_row.index]
         step_row.status = ProvisioningStep.Status.RUNNING
         step_row.started_at = timezone.now()
         step_row.error = ""

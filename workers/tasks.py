@@ -44,3 +44,12 @@ def provisioning_reap_stale_runs() -> None:
 
     for run_id in runs_reap_stale():
         provisioning_run_execute.delay(run_id)
+
+
+@shared_task(name="provisioning.drift_detect_all")
+def provisioning_drift_detect_all() -> None:
+    from catalog.models import Environment
+    from provisioning.drift import drift_detect
+
+    for environment in Environment.objects.filter(revision__gt=0):
+        drift_detect(environment=environment, trigger="schedule")

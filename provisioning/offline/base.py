@@ -75,6 +75,20 @@ class OfflineStore(ABC):
     def dry_run(self, sql: str) -> dict[str, Any]:
         """Validates a BigQuery statement on the target without running it; returns what it learned."""
 
+    def preflight(self, statements: Sequence[str]) -> dict[str, Any]:
+        """Dry-runs a run's statements before it changes anything; returns {"problems": [...], ...}.
+
+        This default dry-runs each statement on its own; a backend that can check a whole sequence (one that
+        creates a table, then alters it) overrides it.
+        """
+        problems = []
+        for sql in statements:
+            try:
+                self.dry_run(sql)
+            except Exception as error:  # noqa: BLE001 - reported to the person, who acts on it
+                problems.append(f"{sql.splitlines()[0][:120]}: {error}")
+        return {"problems": problems, "checked": len(statements)}
+
     @abstractmethod
     def describe(self) -> dict[str, LiveTable]:
         """The live tables of the dataset (views excluded)."""

@@ -170,6 +170,24 @@ class DuckDBOfflineStore(OfflineStore):
                 connection.execute("ROLLBACK")
         return {"valid": True, "statements": statements}
 
+    def preflight(self, statements: Sequence[str]) -> dict[str, Any]:
+        """Runs the whole sequence in one transaction and rolls it back: every statement is checked against
+        the objects the earlier ones create, and nothing is changed."""
+        problems = []
+        with self.connect() as connection:
+            connection.execute("BEGIN")
+            try:
+                for sql in statements:
+                    try:
+                        for statement in to_duckdb(sql):
+                            connection.execute(statement)
+                    except duckdb.Error as error:
+                        problems.append(f"{sql.splitlines()[0][:120]}: {error}")
+                        break
+            finally:
+                connection.execute("ROLLBACK")
+        return {"problems": problems, "checked": len(statements)}
+
     def describe(self) -> dict[str, LiveTable]:
         if not self.path.exists():
             return {}

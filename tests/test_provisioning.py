@@ -1,0 +1,214 @@
+"""The provisioning engine on the embedded stores, in process: runs, resumption, retries, drift, costs."""
+
+import datetime as dt
+
+import duckdb
+import pytest
+from django.utils import timezone
+
+from catalog.models import ChangeRequest, Environment
+from catalog.services import change_request_approve, change_request_submit
+from provisioning import runner
+from provisioning.backends import offline_store_for, online_store_for
+from provisioning.errors import TransientStoreError
+from provisioning.models import ProvisioningRun, ProvisioningStep
+from provisioning.offline.duckdb_store import DuckDBOfflineStore
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def stores(tmp_path, settings):
+    settings.FCC_STORES = {
+        env: {
+            "offline_options": {"path": str(tmp_path / "offline")},
+            "online_options": {"path": str(tmp_path / "online")},
+        }
+        for env in ("dev", "staging", "prod")
+    }
+    settings.FCC_STEP_BACKOFF_SECONDS = 0.001
+
+
+@pytest.fixture
+def dev():
+    return Environment.objects.get(name="dev")
+
+
+@pytest.fixture
+def provisioned(loaded, dev):
+    run = ProvisioningRun.objects.get(environment=dev, revision=1)
+    assert runner.run_execute(run_id=run.pk, worker="test") == "succeeded"
+    return run
+
+
+def _change(users, specs, mutate, title="change"):
+    c1 = next(s for s in specs if s["component"] == "c1")
+    mutate(c1)
+    result = change_request_submit(user=users["dave"], environment_name="dev", title=title, payload={"specs": [c1]})
+    cr, missing = change_request_approve(user=users["alice"], change_request_id=result.change_request.pk)
+    assert missing == []
+    return cr, ProvisioningRun.objects.get(change_request=cr)
+
+
+def _duck(dev) -> DuckDBOfflineStore:
+    store = offline_store_for(dev)
+    assert isinstance(store, DuckDBOfflineStore)
+    return store
+
+
+def test_bootstrap_run_provisions_everything_and_drift_is_clean(users, provisioned, dev, client_for):
+    steps = list(ProvisioningStep.objects.filter(run=provisioned).values_list("kind", "status"))
+    assert steps[0] == ("preflight", "succeeded")
+    assert [k for k, _ in steps].count("create_table") == 8
+    assert {s for _, s in steps} == {"succeeded"}
+    response = client_for("erin").post("/api/v1/environments/dev/drift/")
+    assert response.status_code == 201, response.json()
+    assert response.json()["consistent"] is True
+    assert response.json()["findings"] == []
+    assert client_for("erin").get("/api/v1/environments/dev/drift/").json()["id"] == response.json()["id"]
+
+
+def test_drift_reports_what_the_live_store_has_and_lacks(users, provisioned, dev, client_for):
+    with _duck(dev).connect() as con:
+        con.execute('ALTER TABLE market_regime_dev.c2_features DROP COLUMN "net_delta_exposure"')
+        con.execute("ALTER TABLE market_regime_dev.c3_features ADD COLUMN rogue DOUBLE")
+        con.execute("CREATE TABLE market_regime_dev.scratch (x INTEGER)")
+        con.execute("DROP VIEW market_regime_dev.training_dataset")
+    body = client_for("erin").post("/api/v1/environments/dev/drift/").json()
+    kinds = {(f["kind"], f["target"]) for f in body["findings"]}
+    assert body["consistent"] is False
+    assert ("missing_column", "market_regime_dev.c2_features.net_delta_exposure") in kinds
+    assert ("extra_column", "market_regime_dev.c3_features.rogue") in kinds
+    assert ("extra_table", "market_regime_dev.scratch") in kinds
+    assert ("missing_view", "market_regime_dev.training_dataset") in kinds
+
+
+def test_costs_per_table_and_per_change(users, provisioned, dev, client_for):
+    body = client_for("erin").get("/api/v1/environments/dev/costs/").json()
+    assert [t["table"] for t in body["tables"]] == [f"c{i}_features" for i in range(1, 9)]
+    assert body["tables"][0]["component"] == "c1"
+    assert body["tables"][0]["team"] == "team-straddle"
+    assert body["online_node_hours_per_month"] == {"min": 2 * 730, "max": 10 * 730}
+
+
+def test_breaking_change_adds_a_version_column_and_keeps_the_old_data(users, provisioned, dev, specs):
+    with _duck(dev).connect() as con:
+        con.execute(
+            "INSERT INTO market_regime_dev.c1_features (symbol, ts_minute, dte, atm_straddle_premium) "
+            "VALUES ('NIFTY', TIMESTAMPTZ '2026-11-02 04:00:00+00', 3, 101.5)"
+        )
+
+    def breaking(c1):
+        next(f for f in c1["features"] if f["name"] == "atm_straddle_premium")["dtype"] = "string"
+
+    cr, run = _change(users, specs, breaking)
+    assert runner.run_execute(run_id=run.pk, worker="test") == "succeeded"
+    cr.refresh_from_db()
+    assert cr.state == "applied"
+    table = _duck(dev).describe()["c1_features"]
+    assert table.column("atm_straddle_premium").type == "FLOAT64"
+    assert table.column("atm_straddle_premium__v2").type == "STRING"
+    with _duck(dev).connect(read_only=True) as con:
+        assert con.execute("SELECT atm_straddle_premium FROM market_regime_dev.c1_features").fetchall() == [(101.5,)]
+        view_columns = [r[0] for r in con.execute("DESCRIBE market_regime_dev.training_dataset").fetchall()]
+    assert "atm_straddle_premium" in view_columns
+    assert "atm_straddle_premium__v2" not in view_columns  # the view exposes the current version by name
+    assert run.backfills.count() == 1
+    assert online_store_for(dev).describe() is not None
+
+
+def test_transient_errors_are_retried_within_the_bound(users, provisioned, dev, specs, monkeypatch):
+    calls = {"n": 0}
+    original = DuckDBOfflineStore.add_columns
+
+    def flaky(self, table, columns):
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise TransientStoreError("503 from the store")
+        return original(self, table, columns)
+
+    monkeypatch.setattr(DuckDBOfflineStore, "add_columns", flaky)
+    _cr, run = _change(users, specs, lambda c1: c1["features"].append(_new_feature("premium_retry_probe")))
+    assert runner.run_execute(run_id=run.pk, worker="test") == "succeeded"
+    assert ProvisioningStep.objects.get(run=run, kind="add_columns").attempts == 3
+
+
+def test_transient_errors_past_the_bound_fail_the_run_and_the_change_request(
+    users, provisioned, dev, specs, monkeypatch, settings
+):
+    settings.FCC_STEP_MAX_ATTEMPTS = 2
+
+    def down(self, table, columns):
+        raise TransientStoreError("503 from the store")
+
+    monkeypatch.setattr(DuckDBOfflineStore, "add_columns", down)
+    cr, run = _change(users, specs, lambda c1: c1["features"].append(_new_feature("premium_never")))
+    assert runner.run_execute(run_id=run.pk, worker="test") == "failed"
+    run.refresh_from_db()
+    cr.refresh_from_db()
+    assert "gave up after 2 attempts" in run.error
+    assert cr.state == "failed"
+    assert "add_columns c1_features" in cr.failure_reason
+
+
+def test_a_failed_run_retried_resumes_at_the_first_unfinished_step(
+    users, provisioned, dev, specs, monkeypatch, client_for
+):
+    def broken(self, table, columns):
+        raise duckdb.CatalogException("table is being rebuilt")
+
+    monkeypatch.setattr(DuckDBOfflineStore, "add_columns", broken)
+    cr, run = _change(users, specs, lambda c1: c1["features"].append(_new_feature("premium_resume")))
+    assert runner.run_execute(run_id=run.pk, worker="test") == "failed"
+    monkeypatch.undo()
+    refused = client_for("dave").post(f"/api/v1/provisioning-runs/{run.pk}/retry/")
+    assert refused.status_code == 403
+    retried = client_for("carol").post(f"/api/v1/provisioning-runs/{run.pk}/retry/")
+    assert retried.status_code == 202, retried.json()
+    assert runner.run_execute(run_id=run.pk, worker="test") == "succeeded"
+    attempts = dict(ProvisioningStep.objects.filter(run=run).values_list("kind", "attempts"))
+    assert attempts["preflight"] == 1  # not run again
+    assert attempts["add_columns"] == 2
+    cr.refresh_from_db()
+    assert cr.state == ChangeRequest.State.APPLIED
+
+
+def test_a_run_delivered_twice_is_applied_once(users, provisioned, dev):
+    assert runner.run_execute(run_id=provisioned.pk, worker="late") == "not-claimed"
+    assert ProvisioningStep.objects.filter(run=provisioned, attempts__gt=1).count() == 0
+
+
+def test_the_reaper_frees_a_run_whose_worker_died_and_the_rerun_converges(users, loaded, dev):
+    run = ProvisioningRun.objects.get(environment=dev, revision=1)
+    assert runner.run_claim(run.pk, "dead-worker")
+    # The dead worker had finished the preflight and the dataset, and was inside create_table c1.
+    for index, kind in enumerate(["preflight", "ensure_dataset"]):
+        ProvisioningStep.objects.create(run=run, index=index, kind=kind, status="succeeded", attempts=1)
+    ProvisioningStep.objects.create(
+        run=run, index=2, kind="create_table", target="c1_features", status="running", attempts=1
+    )
+    _duck(dev).ensure_dataset()
+    assert runner.runs_reap_stale() == []  # its heartbeat is fresh
+    ProvisioningRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - dt.timedelta(hours=1))
+    assert runner.runs_reap_stale() == [run.pk]
+    assert runner.run_execute(run_id=run.pk, worker="new-worker") == "succeeded"
+    assert sorted(_duck(dev).describe()) == [f"c{i}_features" for i in range(1, 9)]
+    assert ProvisioningStep.objects.get(run=run, index=1).attempts == 1
+
+
+def test_runs_of_one_environment_apply_in_revision_order(users, loaded, dev, specs):
+    _cr, second = _change(users, specs, lambda c1: c1["features"].append(_new_feature("premium_order")))
+    with pytest.raises(runner.RunNotReady):
+        runner.run_execute(run_id=second.pk, worker="test")
+
+
+def _new_feature(name):
+    return {
+        "name": name,
+        "dtype": "float64",
+        "description": "Probe.",
+        "ttl": "48h",
+        "online": False,
+        "source": f"component_01.{name.replace('_', '')}",
+        "tags": ["minute"],
+    }
