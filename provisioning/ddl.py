@@ -5,6 +5,7 @@ same tables, columns and view. Identifiers are validated by catalog.rules and al
 are string literals escaped here.
 """
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -50,14 +51,14 @@ class TableSpec:
         return tuple(c for c in self.columns if c.name not in KEY_NAMES)
 
 
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,299}", re.ASCII)
+PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", re.ASCII)
+
+
 def ident(name: str) -> str:
-    """A backtick-quoted BigQuery identifier; refuses anything that is not a plain validated name."""
-    if not rules.NAME_PATTERN.match(name) and not all(
-        part.replace("-", "").replace("_", "").isalnum() for part in name.split(".")
-    ):
-        raise ValueError(f"{name!r} is not a valid identifier")
-    if "`" in name or "\\" in name:
-        raise ValueError(f"{name!r} is not a valid identifier")
+    """A backtick-quoted BigQuery identifier; refuses anything that is not a plain ASCII name."""
+    if not IDENTIFIER.fullmatch(name):
+        raise ValueError(f"{name[:80]!r} is not a valid identifier")
     return f"`{name}`"
 
 
@@ -76,10 +77,15 @@ def label_value(text: str) -> str:
 
 
 def qualified(project: str, dataset: str, table: str) -> str:
+    if not PROJECT_ID.fullmatch(project):
+        raise ValueError(f"{project[:80]!r} is not a valid Google Cloud project id")
+    ident(dataset)
+    ident(table)
     return f"`{project}.{dataset}.{table}`"
 
 
 def create_dataset_sql(project: str, dataset: str, region: str, environment: str) -> str:
+    qualified(project, dataset, "_")
     return (
         f"CREATE SCHEMA IF NOT EXISTS `{project}.{dataset}` OPTIONS(location={literal(region)}, "
         f'labels=[("environment", {literal(label_value(environment))})])'
