@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import sqlglot
 from sqlglot import exp
 
-from catalog import rules
 
 KEY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("symbol", "STRING", "Index symbol (NIFTY, BANKNIFTY, ...)."),

@@ -16,7 +16,7 @@ def render_ddl(environment: Environment) -> dict[str, str]:
         raise ValueError(f"{environment.name} has no features; load its catalog first (python manage.py load_catalog)")
     project, dataset = environment.gcp_project, environment.bigquery_dataset
     statements = {"00_dataset": create_dataset_sql(project, dataset, environment.region, environment.name)}
-    for key, table in sorted(tables.items()):
+    for _, table in sorted(tables.items()):
         statements[table.name] = create_table_sql(project, dataset, table)
     statements[VIEW_NAME] = desired.training_view(environment)
     header = HEADER.format(env=environment.name)
