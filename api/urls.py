@@ -11,6 +11,7 @@ router.register("features", views.FeatureViewSet, basename="feature")
 router.register("change-requests", views.ChangeRequestViewSet, basename="change-request")
 router.register("provisioning-runs", views.ProvisioningRunViewSet, basename="provisioning-run")
 router.register("audit-log", views.AuditLogViewSet, basename="audit-log")
+router.register("backfills", views_provisioning.BackfillViewSet, basename="backfill")
 
 urlpatterns = [
     path("environments/<str:name>/drift/", views_provisioning.DriftView.as_view(), name="environment-drift"),

@@ -3,8 +3,10 @@
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers, status
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -12,10 +14,12 @@ from rest_framework.views import APIView
 from catalog import roles
 from catalog.audit import audit_log_write, audit_refusal
 from catalog.errors import Conflict, NotFound, PermissionDenied
+from catalog.models import Environment
 from catalog.services import environment_get
+from provisioning.backfill import backfill_cancel, backfill_progress, backfill_request
 from provisioning.costs import environment_costs
 from provisioning.drift import drift_detect
-from provisioning.models import DriftReport, ProvisioningRun
+from provisioning.models import Backfill, BackfillPartition, DriftReport, ProvisioningRun
 
 
 class DriftReportSerializer(serializers.ModelSerializer[DriftReport]):
@@ -86,3 +90,81 @@ class RunRetryView(APIView):
 
             transaction.on_commit(enqueue)
         return Response({"id": run.pk, "state": run.state}, status=status.HTTP_202_ACCEPTED)
+
+
+class BackfillSerializer(serializers.ModelSerializer[Backfill]):
+    environment = serializers.CharField(source="environment.name")
+    requested_by = serializers.CharField(source="requested_by.username", default=None)
+    progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Backfill
+        fields = [
+            "id", "environment", "components", "source", "start_date", "end_date", "reason", "requested_by",
+            "provisioning_run", "state", "cancel_requested", "progress", "error", "created_at", "started_at",
+            "finished_at",
+        ]  # fmt: skip
+
+    def get_progress(self, obj: Backfill) -> dict[str, Any]:
+        return backfill_progress(obj)
+
+
+class BackfillPartitionSerializer(serializers.ModelSerializer[BackfillPartition]):
+    class Meta:
+        model = BackfillPartition
+        fields = ["component", "partition_date", "status", "source_rows", "target_rows", "source_bytes", "finished_at"]
+
+
+class BackfillDetailSerializer(BackfillSerializer):
+    partitions = BackfillPartitionSerializer(many=True, read_only=True)
+
+    class Meta(BackfillSerializer.Meta):
+        fields = [*BackfillSerializer.Meta.fields, "partitions"]
+
+
+class BackfillRequestSerializer(serializers.Serializer[Any]):
+    environment = serializers.ChoiceField(choices=Environment.Name.choices)
+    source = serializers.CharField(max_length=1024, help_text="A local directory or a gs:// URI in the story's layout.")
+    start_date = serializers.DateField(required=False, allow_null=True, default=None)
+    end_date = serializers.DateField(required=False, allow_null=True, default=None)
+    components = serializers.ListField(
+        child=serializers.CharField(max_length=16), required=False, default=list, max_length=64
+    )
+
+
+class BackfillViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[Backfill]):
+    filterset_fields = ["state"]
+
+    def get_queryset(self) -> QuerySet[Backfill]:
+        queryset = Backfill.objects.select_related("environment", "requested_by")
+        environment = self.request.query_params.get("environment")
+        return queryset.filter(environment__name=environment) if environment else queryset
+
+    def get_serializer_class(self) -> type[Any]:
+        return BackfillDetailSerializer if self.action == "retrieve" else BackfillSerializer
+
+    @extend_schema(request=BackfillRequestSerializer, responses={201: BackfillSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Checks the files against the catalog (nothing is written when any problem is found), then queues."""
+        data = BackfillRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        backfill = backfill_request(
+            user=request.user,
+            environment_name=data.validated_data["environment"],
+            source=data.validated_data["source"],
+            start_date=data.validated_data["start_date"],
+            end_date=data.validated_data["end_date"],
+            components=data.validated_data["components"] or None,
+        )
+        return Response(BackfillSerializer(backfill).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: BackfillSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        """Stops after the partition job in progress; no partition is left half written."""
+        user: Any = request.user
+        if not (roles.is_admin(user) or roles.is_reviewer(user)):
+            backfill = Backfill.objects.filter(pk=int(pk)).first()
+            if backfill is None or backfill.requested_by_id != user.pk:
+                raise PermissionDenied("only the requester, reviewers and admins may cancel a backfill")
+        return Response(BackfillSerializer(backfill_cancel(user=user, backfill_id=int(pk))).data)

@@ -222,3 +222,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(os.environ.get("FCC_DRIFT_SECONDS", "900")),
     },
 }
+# Backfills: where breaking changes' backfills read Parquet from (the story: gs://vertex-mr-data/ in production),
+# and how many partitions one job replaces (BigQuery lets a job modify at most 4,000).
+FCC_PARQUET_ROOT = os.environ.get("FCC_PARQUET_ROOT", str(DATA_DIR / "parquet"))
+FCC_BACKFILL_PARTITIONS_PER_JOB = int(os.environ.get("FCC_BACKFILL_PARTITIONS_PER_JOB", "31"))

@@ -5,13 +5,13 @@ same tables, columns and view. Identifiers are validated by catalog.rules and al
 are string literals escaped here.
 """
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sqlglot
 from sqlglot import exp
-
 
 KEY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("symbol", "STRING", "Index symbol (NIFTY, BANKNIFTY, ...)."),
@@ -121,6 +121,25 @@ def widen_column_sql(project: str, dataset: str, table: str, column: str, new_ty
     return f"ALTER TABLE {qualified(project, dataset, table)} ALTER COLUMN {ident(column)} SET DATA TYPE {new_type}"
 
 
+def set_table_options_sql(project: str, dataset: str, table: TableSpec) -> str:
+    """The table's description, labels and partition-filter requirement, set in place (BigQuery replaces the
+    whole label set). Partitioning and clustering cannot change in place: drift detection reports them."""
+    labels = ", ".join(f"({literal(k)}, {literal(label_value(v))})" for k, v in table.labels)
+    description = literal(table.description) if table.description else "NULL"
+    return (
+        f"ALTER TABLE {qualified(project, dataset, table.name)} SET OPTIONS("
+        f"require_partition_filter={'TRUE' if table.require_partition_filter else 'FALSE'}, "
+        f"description={description}, labels=[{labels}])"
+    )
+
+
+def set_column_description_sql(project: str, dataset: str, table: str, column: str, description: str) -> str:
+    text = literal(description) if description else "NULL"
+    return (
+        f"ALTER TABLE {qualified(project, dataset, table)} ALTER COLUMN {ident(column)} SET OPTIONS(description={text})"
+    )
+
+
 def training_view_sql(project: str, dataset: str, selections: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> str:
     """All components joined on the entity key: one row per (symbol, ts_minute, dte) seen in any table.
 
@@ -158,8 +177,27 @@ def _duckdb_tree(tree: exp.Expr) -> exp.Expr:
     return tree
 
 
+@functools.lru_cache(maxsize=512)
+def _to_duckdb_cached(sql: str) -> tuple[str, ...]:
+    return tuple(_to_duckdb(sql))
+
+
 def to_duckdb(sql: str) -> list[str]:
-    """The DuckDB statements for one BigQuery statement (DuckDB takes one ADD COLUMN per ALTER TABLE)."""
+    """The DuckDB statements for one BigQuery statement (DuckDB takes one ADD COLUMN per ALTER TABLE).
+
+    Parsing a 220-column CREATE TABLE takes sqlglot a fraction of a second, and a run's preflight and its steps
+    send the same statements: results are memoised.
+    """
+    return list(_to_duckdb_cached(sql))
+
+
+# A column's OPTIONS(description="...") as literal() writes it; DuckDB has no column options, so they are
+# dropped before parsing (which they would otherwise dominate: 932 descriptions in the catalog).
+COLUMN_DESCRIPTION = re.compile(r' OPTIONS\(description="(?:[^"\\]|\\.)*"\)')
+
+
+def _to_duckdb(sql: str) -> list[str]:
+    sql = COLUMN_DESCRIPTION.sub("", sql)
     tree = _duckdb_tree(sqlglot.parse_one(sql, read="bigquery"))
     if isinstance(tree, exp.Alter) and len(tree.args.get("actions") or []) > 1:
         statements = []

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 
 
@@ -68,7 +69,12 @@ class ProvisioningStep(models.Model):
 
 
 class Backfill(models.Model):
-    """Loading history into a column or table. Breaking changes schedule one; the data plane executes it."""
+    """Loading history from Parquet into the offline tables, partition by partition.
+
+    Requested through the API, or scheduled by a breaking change (which adds a new version's column that
+    only a backfill fills). A partition is replaced atomically, so a rerun or a cancel never leaves one half
+    written or doubled.
+    """
 
     class State(models.TextChoices):
         PENDING = "pending", "pending"
@@ -78,26 +84,68 @@ class Backfill(models.Model):
         CANCELLED = "cancelled", "cancelled"
 
     environment = models.ForeignKey("catalog.Environment", on_delete=models.PROTECT, related_name="backfills")
-    component = models.ForeignKey("catalog.Component", on_delete=models.PROTECT, related_name="backfills")
-    features = models.JSONField(default=list)
+    components = models.JSONField(default=list)
+    source = models.CharField(max_length=1024)
+    start_date = models.DateField(null=True, blank=True)
+    end_date = models.DateField(null=True, blank=True)
     reason = models.CharField(max_length=200)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     provisioning_run = models.ForeignKey(
         ProvisioningRun, null=True, blank=True, on_delete=models.PROTECT, related_name="backfills"
     )
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    cancel_requested = models.BooleanField(default=False)
+    partitions_total = models.PositiveIntegerField(default=0)
+    partitions_done = models.PositiveIntegerField(default=0)
+    rows_loaded = models.BigIntegerField(default=0)
+    bytes_loaded = models.BigIntegerField(default=0)
+    claimed_by = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-id"]
         constraints = [
             # A rerun of the run that scheduled it finds it instead of scheduling it twice.
-            models.UniqueConstraint(
-                fields=["provisioning_run", "component", "reason"], name="one_backfill_per_run_step"
-            ),
+            models.UniqueConstraint(fields=["provisioning_run", "reason"], name="one_backfill_per_run_step"),
         ]
 
     def __str__(self) -> str:
-        return f"backfill {self.pk} {self.component_id} ({self.state})"
+        return f"backfill {self.pk} ({self.state})"
+
+
+class BackfillPartition(models.Model):
+    """One partition (component table, date) of a backfill, with the row counts reconciled after it."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        DONE = "done", "done"
+        MISMATCH = "mismatch", "mismatch"
+
+    backfill = models.ForeignKey(Backfill, on_delete=models.CASCADE, related_name="partitions")
+    component = models.CharField(max_length=16)
+    partition_date = models.DateField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    source_rows = models.BigIntegerField(default=0)
+    target_rows = models.BigIntegerField(default=0)
+    source_bytes = models.BigIntegerField(default=0)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["backfill", "component", "partition_date"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["backfill", "component", "partition_date"], name="unique_backfill_partition"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.component} {self.partition_date} ({self.status})"
 
 
 class DriftReport(models.Model):

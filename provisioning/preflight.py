@@ -1,15 +1,18 @@
 """Preflight: every statement a run will send, dry-run on the target before anything is changed."""
 
+from collections.abc import Mapping
 from typing import Any
 
 from catalog.models import Component, Environment
 from provisioning import desired
-from provisioning.ddl import Column, add_columns_sql, create_dataset_sql, create_table_sql, widen_column_sql
+from provisioning.ddl import Column, TableSpec, add_columns_sql, create_dataset_sql, create_table_sql, widen_column_sql
 from provisioning.errors import PermanentStoreError, StoreError
 from provisioning.offline.base import OfflineStore
 
 
-def plan_statements(environment: Environment, plan: dict[str, Any]) -> list[tuple[int, str]]:
+def plan_statements(
+    environment: Environment, plan: dict[str, Any], tables: Mapping[str, TableSpec] | None = None
+) -> list[tuple[int, str]]:
     """(plan step index, BigQuery statement) for every DDL statement the plan's steps send."""
     project, dataset = environment.gcp_project, environment.bigquery_dataset
     statements: list[tuple[int, str]] = []
@@ -18,10 +21,12 @@ def plan_statements(environment: Environment, plan: dict[str, Any]) -> list[tupl
         if kind == "ensure_dataset":
             statements.append((index, create_dataset_sql(project, dataset, environment.region, environment.name)))
         elif kind == "create_table":
-            component = Component.objects.select_related("entity_type", "owner").get(key=step["component"])
-            statements.append(
-                (index, create_table_sql(project, dataset, desired.component_table(environment, component)))
-            )
+            if tables is not None:
+                table = tables[step["component"]]
+            else:
+                component = Component.objects.select_related("entity_type", "owner").get(key=step["component"])
+                table = desired.component_table(environment, component)
+            statements.append((index, create_table_sql(project, dataset, table)))
         elif kind == "add_columns":
             columns = [Column(c["name"], c["type"]) for c in step["columns"]]
             statements.append((index, add_columns_sql(project, dataset, step["table"], columns)))
@@ -35,10 +40,12 @@ def plan_statements(environment: Environment, plan: dict[str, Any]) -> list[tupl
     return statements
 
 
-def preflight(store: OfflineStore, environment: Environment, plan: dict[str, Any]) -> dict[str, Any]:
+def preflight(
+    store: OfflineStore, environment: Environment, plan: dict[str, Any], tables: Mapping[str, TableSpec] | None = None
+) -> dict[str, Any]:
     """Dry-runs what can be checked now. A statement on an object the same plan creates first is checked
     only by the engine that can see it (DuckDB runs them all in one rolled-back transaction)."""
-    statements = plan_statements(environment, plan)
+    statements = plan_statements(environment, plan, tables)
     problems: list[str] = []
     try:
         result = store.preflight([sql for _, sql in statements])

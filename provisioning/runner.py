@@ -18,10 +18,11 @@ from django.db.models import F
 from django.utils import timezone
 
 from catalog.audit import audit_log_write
-from catalog.models import ChangeRequest, Component, Environment
+from catalog.models import ChangeRequest, Environment
 from provisioning import desired
 from provisioning.backends import offline_store_for, online_store_for
-from provisioning.ddl import VIEW_NAME, Column
+from provisioning.backfill import backfill_enqueue
+from provisioning.ddl import VIEW_NAME, Column, TableSpec
 from provisioning.errors import PermanentStoreError, StoreError, TransientStoreError
 from provisioning.models import Backfill, ProvisioningRun, ProvisioningStep
 from provisioning.offline.base import StepOutcome
@@ -57,17 +58,32 @@ def _steps_ensure(run: ProvisioningRun) -> list[ProvisioningStep]:
     return list(run.steps.order_by("index"))
 
 
-def _execute_step(run: ProvisioningRun, environment: Environment, step: dict[str, Any]) -> StepOutcome:
+class RunContext:
+    """What the steps of one run share: the stores (one connection each) and the desired tables, built once."""
+
+    def __init__(self, environment: Environment) -> None:
+        self.environment = environment
+        self.offline = offline_store_for(environment)
+        self._tables: dict[str, TableSpec] | None = None
+
+    @property
+    def tables(self) -> dict[str, TableSpec]:
+        if self._tables is None:
+            self._tables = desired.all_tables(self.environment)
+        return self._tables
+
+
+def _execute_step(run: ProvisioningRun, context: RunContext, step: dict[str, Any]) -> StepOutcome:
     kind = step["kind"]
-    offline = offline_store_for(environment)
+    environment = context.environment
+    offline = context.offline
     if kind == "preflight":
-        result = preflight(offline, environment, run.plan)
+        result = preflight(offline, environment, run.plan, context.tables)
         return StepOutcome(request=[f"dry run of {result['statements']} statements"], changed=False, result=result)
     if kind == "ensure_dataset":
         return offline.ensure_dataset()
     if kind in ("create_table", "update_table_metadata"):
-        component = Component.objects.select_related("entity_type", "owner").get(key=step["component"])
-        table = desired.component_table(environment, component)
+        table = context.tables[step["component"]]
         return offline.create_table(table) if kind == "create_table" else offline.set_table_metadata(table)
     if kind == "add_columns":
         return offline.add_columns(step["table"], [Column(c["name"], c["type"]) for c in step["columns"]])
@@ -78,14 +94,20 @@ def _execute_step(run: ProvisioningRun, environment: Environment, step: dict[str
     if kind == "update_online_store":
         return online_store_for(environment).update(desired.online_view(environment))
     if kind == "schedule_backfill":
-        backfill, created = Backfill.objects.get_or_create(
-            provisioning_run=run,
-            component=Component.objects.get(key=step["component"]),
-            reason=f"breaking change: {step['feature']} -> column {step['column']}",
-            defaults={"environment": environment, "features": [step["feature"]]},
-        )
+        with transaction.atomic():
+            backfill, created = Backfill.objects.get_or_create(
+                provisioning_run=run,
+                reason=f"breaking change: {step['component']}.{step['feature']} -> column {step['column']}",
+                defaults={
+                    "environment": environment,
+                    "components": [step["component"]],
+                    "source": settings.FCC_PARQUET_ROOT,
+                },
+            )
+            if created:
+                backfill_enqueue(backfill)
         return StepOutcome(
-            request=[f"backfill {step['component']}.{step['column']}"],
+            request=[f"backfill {step['component']} from {backfill.source}"],
             changed=created,
             result={"backfill": backfill.pk},
         )
@@ -154,6 +176,45 @@ def run_claim(run_id: int, worker: str) -> bool:
     return claimed == 1
 
 
+def _execute_steps(run: ProvisioningRun, context: RunContext) -> bool:
+    """Executes the unfinished steps in order; True when one failed (the run and change request are marked)."""
+    for step_row in _steps_ensure(run):
+        if step_row.status == ProvisioningStep.Status.SUCCEEDED:
+            continue
+        plan_step = _run_steps(run)[step_row.index]
+        step_row.status = ProvisioningStep.Status.RUNNING
+        step_row.started_at = timezone.now()
+        step_row.error = ""
+        step_row.save(update_fields=["status", "started_at", "error"])
+
+        def attempt(row: ProvisioningStep = step_row) -> None:
+            ProvisioningStep.objects.filter(pk=row.pk).update(attempts=F("attempts") + 1)
+            ProvisioningRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+
+        def call(step: dict[str, Any] = plan_step) -> StepOutcome:
+            return _execute_step(run, context, step)
+
+        try:
+            outcome = _with_retries(call, attempt)
+        except StoreError as error:
+            message = f"step {step_row.index} ({step_row.kind} {step_row.target}) failed: {error}"
+            step_row.status = ProvisioningStep.Status.FAILED
+            step_row.error = message
+            step_row.finished_at = timezone.now()
+            step_row.save(update_fields=["status", "error", "finished_at"])
+            _finish(run, ProvisioningRun.State.FAILED, message)
+            _set_change_request_state(run, ChangeRequest.State.FAILED, message)
+            logger.error("provisioning run failed", extra={"run": run.pk, "error": message})
+            return True
+        step_row.status = ProvisioningStep.Status.SUCCEEDED
+        step_row.request = outcome.request
+        step_row.result = {"changed": outcome.changed, **outcome.result}
+        step_row.finished_at = timezone.now()
+        step_row.save(update_fields=["status", "request", "result", "finished_at"])
+        ProvisioningRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+    return False
+
+
 def run_execute(*, run_id: int, worker: str) -> str:
     """Claims and executes a run. Returns its final state, or why nothing was done."""
     run = ProvisioningRun.objects.select_related("environment").filter(pk=run_id).first()
@@ -180,41 +241,11 @@ def run_execute(*, run_id: int, worker: str) -> str:
             after={"worker": worker, "attempt": run.attempts},
         )
     _set_change_request_state(run, ChangeRequest.State.APPLYING)
-    environment = run.environment
-    for step_row in _steps_ensure(run):
-        if step_row.status == ProvisioningStep.Status.SUCCEEDED:
-            continue
-        plan_step = _run_steps(run)[step_row.index]
-        step_row.status = ProvisioningStep.Status.RUNNING
-        step_row.started_at = timezone.now()
-        step_row.error = ""
-        step_row.save(update_fields=["status", "started_at", "error"])
-
-        def attempt(row: ProvisioningStep = step_row) -> None:
-            ProvisioningStep.objects.filter(pk=row.pk).update(attempts=F("attempts") + 1)
-            ProvisioningRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
-
-        def call(step: dict[str, Any] = plan_step) -> StepOutcome:
-            return _execute_step(run, environment, step)
-
-        try:
-            outcome = _with_retries(call, attempt)
-        except StoreError as error:
-            message = f"step {step_row.index} ({step_row.kind} {step_row.target}) failed: {error}"
-            step_row.status = ProvisioningStep.Status.FAILED
-            step_row.error = message
-            step_row.finished_at = timezone.now()
-            step_row.save(update_fields=["status", "error", "finished_at"])
-            _finish(run, ProvisioningRun.State.FAILED, message)
-            _set_change_request_state(run, ChangeRequest.State.FAILED, message)
-            logger.error("provisioning run failed", extra={"run": run.pk, "error": message})
-            return ProvisioningRun.State.FAILED
-        step_row.status = ProvisioningStep.Status.SUCCEEDED
-        step_row.request = outcome.request
-        step_row.result = {"changed": outcome.changed, **outcome.result}
-        step_row.finished_at = timezone.now()
-        step_row.save(update_fields=["status", "request", "result", "finished_at"])
-        ProvisioningRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+    context = RunContext(run.environment)
+    with context.offline.session():
+        failed = _execute_steps(run, context)
+    if failed:
+        return ProvisioningRun.State.FAILED
     _finish(run, ProvisioningRun.State.SUCCEEDED, "")
     _set_change_request_state(run, ChangeRequest.State.APPLIED)
     logger.info("provisioning run succeeded", extra={"run": run.pk})
@@ -265,4 +296,26 @@ def runs_reap_stale() -> list[int]:
             "pk", flat=True
         )
     )
+    return freed
+
+
+def backfills_reap_stale() -> list[int]:
+    """Backfills whose worker died go back to pending; the rerun skips their finished partitions."""
+    cutoff = timezone.now() - timedelta(seconds=int(settings.FCC_RUN_STALE_SECONDS))
+    freed = []
+    for backfill in Backfill.objects.filter(state=Backfill.State.RUNNING, heartbeat_at__lt=cutoff):
+        with transaction.atomic():
+            stale = Backfill.objects.filter(pk=backfill.pk, state=Backfill.State.RUNNING, heartbeat_at__lt=cutoff)
+            if stale.update(state=Backfill.State.PENDING):
+                audit_log_write(
+                    actor=None,
+                    action="backfill.reaped",
+                    object_type="backfill",
+                    object_id=backfill.pk,
+                    environment=backfill.environment.name,
+                    after={"previous_worker": backfill.claimed_by},
+                )
+                freed.append(backfill.pk)
+    waiting = Backfill.objects.filter(state=Backfill.State.PENDING, cancel_requested=False, created_at__lt=cutoff)
+    freed.extend(pk for pk in waiting.values_list("pk", flat=True) if pk not in freed)
     return freed

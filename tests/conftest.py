@@ -29,7 +29,14 @@ def _no_task_dispatch(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
     from workers import tasks
 
     sent: list[Any] = []
-    monkeypatch.setattr(tasks.provisioning_run_execute, "delay", lambda *a, **k: sent.append(a))
+    for task in (tasks.provisioning_run_execute, tasks.backfill_execute_task):
+        monkeypatch.setattr(task, "delay", lambda *a, _task=task, **k: sent.append((_task.name, a)))
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    """The default hasher takes about half a second a user; every test creating the personas would pay it."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

@@ -40,10 +40,19 @@ def provisioning_run_execute(self: Any, run_id: int) -> None:
 
 @shared_task(name="provisioning.reap_stale_runs")
 def provisioning_reap_stale_runs() -> None:
-    from provisioning.runner import runs_reap_stale
+    from provisioning.runner import backfills_reap_stale, runs_reap_stale
 
     for run_id in runs_reap_stale():
         provisioning_run_execute.delay(run_id)
+    for backfill_id in backfills_reap_stale():
+        backfill_execute_task.delay(backfill_id)
+
+
+@shared_task(name="provisioning.backfill_execute", acks_late=True)
+def backfill_execute_task(backfill_id: int) -> None:
+    from provisioning.backfill import backfill_execute
+
+    backfill_execute(backfill_id=backfill_id, worker=worker_name())
 
 
 @shared_task(name="provisioning.drift_detect_all")

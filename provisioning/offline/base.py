@@ -1,7 +1,8 @@
 """The offline store interface. Every method is idempotent: create-if-absent, compare-before-write."""
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,11 @@ class OfflineStore(ABC):
         self.dataset = dataset
         self.region = region
         self.options = options or {}
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Holds whatever connection the backend keeps open across the calls of one run (none by default)."""
+        yield
 
     @abstractmethod
     def ensure_dataset(self) -> StepOutcome: ...

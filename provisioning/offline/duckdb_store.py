@@ -5,25 +5,30 @@ describes tables with them, exactly as BigQuery's `get_table` does. DuckDB lets 
 time, so connections are short-lived and a locked file is retried for a while.
 """
 
+import datetime as dt
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import sqlglot
 from django.conf import settings
 
 from provisioning.ddl import (
+    IDENTIFIER,
     Column,
     TableSpec,
     add_columns_sql,
     create_dataset_sql,
     create_table_sql,
+    label_value,
     to_duckdb,
     widen_column_sql,
 )
+from provisioning.errors import PermanentStoreError
 from provisioning.offline.base import LiveColumn, LiveTable, OfflineStore, StepOutcome
 
 META_SCHEMA = "_fcc_meta"
@@ -49,8 +54,23 @@ class DuckDBOfflineStore(OfflineStore):
         # Not named after the dataset: DuckDB would then see a catalog and a schema of the same name.
         return root / f"{self.environment}-offline.duckdb"
 
+    _session: duckdb.DuckDBPyConnection | None = None
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """One connection for all the calls of a run (opening a DuckDB file costs tens of milliseconds)."""
+        with self.connect() as connection:
+            self._session = connection
+            try:
+                yield
+            finally:
+                self._session = None
+
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._session is not None:
+            yield self._session
+            return
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while True:
             try:
@@ -61,6 +81,8 @@ class DuckDBOfflineStore(OfflineStore):
                     raise
                 time.sleep(0.05)
         try:
+            # Partition dates are UTC dates, as BigQuery's DATE(ts_minute).
+            connection.execute("SET TimeZone = 'UTC'")
             yield connection
         finally:
             connection.close()
@@ -100,7 +122,8 @@ class DuckDBOfflineStore(OfflineStore):
             ",".join(table.cluster_by),
             table.require_partition_filter,
             table.description,
-            json.dumps(dict(table.labels), sort_keys=True),
+            # As BigQuery keeps them: values reduced to the characters labels allow.
+            json.dumps({k: label_value(v) for k, v in table.labels}, sort_keys=True),
         ]
         statements: list[str | tuple[str, list[Any]]] = [
             (f'INSERT OR REPLACE INTO "{META_SCHEMA}".table_options VALUES (?, ?, ?, ?, ?, ?, ?)', values)  # noqa: S608
@@ -126,7 +149,7 @@ class DuckDBOfflineStore(OfflineStore):
     def add_columns(self, table: str, columns: Sequence[Column]) -> StepOutcome:
         live = self.describe().get(table)
         if live is None:
-            raise LookupError(f"table {self.dataset}.{table} does not exist")
+            raise PermanentStoreError(f"table {self.dataset}.{table} does not exist", action=f"altering {table}")
         missing = [c for c in columns if live.column(c.name) is None]
         if not missing:
             return StepOutcome(request=[], changed=False, result={"exists": [c.name for c in columns]})
@@ -137,7 +160,7 @@ class DuckDBOfflineStore(OfflineStore):
     def widen_columns(self, table: str, columns: Sequence[tuple[str, str]]) -> StepOutcome:
         live = self.describe().get(table)
         if live is None:
-            raise LookupError(f"table {self.dataset}.{table} does not exist")
+            raise PermanentStoreError(f"table {self.dataset}.{table} does not exist", action=f"altering {table}")
         statements = []
         for name, new_type in columns:
             current = live.column(name)
@@ -148,26 +171,49 @@ class DuckDBOfflineStore(OfflineStore):
         return StepOutcome(request=statements, changed=bool(statements))
 
     def set_table_metadata(self, table: TableSpec) -> StepOutcome:
+        live = self.describe().get(table.name)
+        if live is None:
+            raise PermanentStoreError(f"table {self.dataset}.{table.name} does not exist", action="setting options")
+        if _metadata_matches(live, table):
+            return StepOutcome(request=[], changed=False)
         statements = self._metadata_statements(table)
         self._execute(statements)
-        return StepOutcome(request=statements, changed=True)
+        return StepOutcome(request=list(statements), changed=True)
 
     def replace_view(self, name: str, sql: str) -> StepOutcome:
-        self._execute(to_duckdb(sql))
-        return StepOutcome(request=[sql], changed=True)
-
-    def dry_run(self, sql: str) -> dict[str, Any]:
-        statements = to_duckdb(sql)
+        # DuckDB keeps a view's text in its own canonical form: the view is replaced in a transaction and the
+        # two forms compared, and an unchanged view is rolled back rather than rewritten.
+        stored = "SELECT sql FROM duckdb_views() WHERE schema_name = ? AND view_name = ?"
         with self.connect() as connection:
+            before = connection.execute(stored, [self.dataset, name]).fetchone()
             connection.execute("BEGIN")
             try:
-                for statement in statements:
-                    if statement.lstrip().upper().startswith(("SELECT", "WITH")):
-                        connection.execute(f"EXPLAIN {statement}")
-                    else:
-                        connection.execute(statement)
-            finally:
+                for statement in to_duckdb(sql):
+                    connection.execute(statement)
+                changed = connection.execute(stored, [self.dataset, name]).fetchone() != before
+                connection.execute("COMMIT" if changed else "ROLLBACK")
+            except BaseException:
                 connection.execute("ROLLBACK")
+                raise
+        return StepOutcome(request=[sql] if changed else [], changed=changed)
+
+    def dry_run(self, sql: str) -> dict[str, Any]:
+        try:
+            statements = to_duckdb(sql)
+            with self.connect() as connection:
+                connection.execute("BEGIN")
+                try:
+                    for statement in statements:
+                        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+                            connection.execute(f"EXPLAIN {statement}")
+                        else:
+                            connection.execute(statement)
+                finally:
+                    connection.execute("ROLLBACK")
+        except (sqlglot.errors.SqlglotError, duckdb.Error) as error:
+            if isinstance(error, duckdb.IOException):
+                raise  # a locked or unreadable file, not an invalid statement
+            raise PermanentStoreError(f"invalid statement: {error}", action="dry run") from error
         return {"valid": True, "statements": statements}
 
     def preflight(self, statements: Sequence[str]) -> dict[str, Any]:
@@ -187,6 +233,73 @@ class DuckDBOfflineStore(OfflineStore):
             finally:
                 connection.execute("ROLLBACK")
         return {"problems": problems, "checked": len(statements)}
+
+    def replace_partitions(
+        self, table: str, dates: Sequence[dt.date], files: Sequence[str], columns: Mapping[str, str]
+    ) -> dict[dt.date, int]:
+        """Replaces the rows of these partitions with the files' rows of the same dates, in one transaction.
+
+        `columns` maps source column -> table column (a feature's current version column). Columns of the table
+        the source does not fill (earlier versions, deprecated features) keep their values for the keys the
+        source has. Returns the source rows per date that were written.
+        """
+        target = f'"{self.dataset}"."{ident_checked(table)}"'
+        keys = ("symbol", "ts_minute", "dte")
+        names = list(columns)
+        loaded = {columns[source] for source in names}
+        in_dates = "CAST(ts_minute AS DATE) IN (SELECT unnest(?::DATE[]))"
+        day_list = list(dates)
+        with self.connect() as connection:
+            live = [
+                row[0]
+                for row in connection.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+                    "ORDER BY ordinal_position",
+                    [self.dataset, table],
+                ).fetchall()
+            ]
+            retained = [c for c in live if c not in loaded and c not in keys]
+            select = ", ".join(
+                [*(f's."{ident_checked(source)}"' for source in names), *(f'o."{ident_checked(c)}"' for c in retained)]
+            )
+            insert = ", ".join(f'"{ident_checked(c)}"' for c in [*(columns[s] for s in names), *retained])
+            key_list = ", ".join(f'"{k}"' for k in keys)
+            connection.execute("BEGIN")
+            try:
+                counts = dict(
+                    connection.execute(
+                        f"SELECT CAST(ts_minute AS DATE), count(*) FROM read_parquet(?) WHERE {in_dates} GROUP BY 1",  # noqa: S608
+                        [list(files), day_list],
+                    ).fetchall()
+                )
+                kept = ", ".join(f'"{c}"' for c in [*keys, *retained])
+                connection.execute(
+                    f"CREATE TEMP TABLE fcc_kept AS SELECT {kept} FROM {target} WHERE {in_dates}",  # noqa: S608
+                    [day_list],
+                )
+                connection.execute(f"DELETE FROM {target} WHERE {in_dates}", [day_list])  # noqa: S608
+                connection.execute(
+                    f"INSERT INTO {target} ({insert}) SELECT {select} FROM read_parquet(?) AS s "  # noqa: S608
+                    f"LEFT JOIN fcc_kept AS o USING ({key_list}) WHERE {in_dates.replace('ts_minute', 's.ts_minute')}",
+                    [list(files), day_list],
+                )
+                connection.execute("DROP TABLE fcc_kept")
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+        return {day: int(counts.get(day, 0)) for day in day_list}
+
+    def partition_row_counts(self, table: str, dates: Sequence[dt.date]) -> dict[dt.date, int]:
+        target = f'"{self.dataset}"."{ident_checked(table)}"'
+        with self.connect(read_only=True) as connection:
+            rows = connection.execute(
+                f"SELECT CAST(ts_minute AS DATE), count(*) FROM {target} "  # noqa: S608
+                "WHERE CAST(ts_minute AS DATE) IN (SELECT unnest(?::DATE[])) GROUP BY 1",
+                [list(dates)],
+            ).fetchall()
+        counts = dict(rows)
+        return {day: int(counts.get(day, 0)) for day in dates}
 
     def describe(self) -> dict[str, LiveTable]:
         if not self.path.exists():
@@ -261,5 +374,23 @@ class DuckDBOfflineStore(OfflineStore):
             return connection.execute(statement).fetchall()
 
 
+def _metadata_matches(live: LiveTable, table: TableSpec) -> bool:
+    described = {c.name: c.description for c in live.columns}
+    return (
+        live.partition_column == table.partition_column
+        and live.cluster_by == tuple(table.cluster_by)
+        and live.require_partition_filter == table.require_partition_filter
+        and live.description == table.description
+        and live.labels == {k: label_value(v) for k, v in table.labels}
+        and all(described.get(c.name, c.description) == c.description for c in table.columns if c.description)
+    )
+
+
 def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''").replace("\x00", "") + "'"
+
+
+def ident_checked(name: str) -> str:
+    if not IDENTIFIER.fullmatch(name):
+        raise ValueError(f"{name[:80]!r} is not a valid identifier")
+    return name

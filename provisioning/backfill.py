@@ -1,0 +1,311 @@
+"""Backfills: Parquet history into the offline tables, checked first, written partition by partition.
+
+Before anything is written every file is checked against the catalog (missing, unknown and mistyped columns,
+all listed at once). Partitions are replaced in jobs of at most FCC_BACKFILL_PARTITIONS_PER_JOB (BigQuery lets
+one job modify 4,000); a job is one transaction, so a rerun replaces and never duplicates, and a cancel (checked
+between jobs) never leaves a partition half written. After each job the row counts of source and target are
+reconciled per partition.
+"""
+
+import datetime as dt
+import logging
+import os
+from collections import defaultdict
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from catalog import roles
+from catalog.audit import audit_log_write, audit_refusal
+from catalog.errors import ApplicationError, Conflict, NotFound, PermissionDenied, Problem
+from catalog.models import Component, Environment, Feature
+from provisioning.backends import offline_store_for
+from provisioning.ddl import KEY_COLUMNS
+from provisioning.models import Backfill, BackfillPartition
+from provisioning.parquet_source import ExpectedColumn, SourceFile, schema_problems, source_files
+
+logger = logging.getLogger(__name__)
+BIGQUERY_PARTITIONS_PER_JOB = 4000
+MAX_DAYS = 10_000
+
+
+class BackfillSourceError(ApplicationError):
+    status = 400
+    code = "invalid_source"
+
+
+def expected_columns(environment: Environment, components: list[str]) -> dict[str, dict[str, ExpectedColumn]]:
+    """Per component: source column -> what the catalog expects of it (key columns, then every feature)."""
+    expected: dict[str, dict[str, ExpectedColumn]] = {
+        key: {name: ExpectedColumn(type_, True, name) for name, type_, _ in KEY_COLUMNS} for key in components
+    }
+    from catalog.rules import DTYPES
+
+    rows = Feature.objects.filter(environment=environment, component__key__in=components).values_list(
+        "component__key", "name", "dtype", "status", "column_name"
+    )
+    for component, name, dtype, status, column in rows:
+        expected[component][name] = ExpectedColumn(DTYPES[dtype].bigquery, status == Feature.Status.ACTIVE, column)
+    return expected
+
+
+def _check_source(
+    backfill_env: Environment, source: str, components: list[str], start: dt.date | None, end: dt.date | None
+) -> list[SourceFile]:
+    try:
+        files = source_files(source, set(components), start, end)
+    except (ValueError, FileNotFoundError) as error:
+        raise BackfillSourceError(str(error), problems=[Problem("source", "unreadable_source", str(error))]) from error
+    if not files:
+        raise BackfillSourceError(
+            f"no Parquet files for {', '.join(components)} between {start or 'the start'} and {end or 'the end'} "
+            f"in {source}",
+            problems=[
+                Problem("source", "no_files", f"no files match {source}/{{ASSET}}/yyyy/mm/dd/HH/{{component}}.parquet")
+            ],
+        )
+    problems = schema_problems(files, expected_columns(backfill_env, components))
+    if problems:
+        raise BackfillSourceError(
+            f"{len(problems)} problem(s) in the source files; nothing was written", problems=problems
+        )
+    return files
+
+
+def backfill_request(
+    *,
+    user: Any,
+    environment_name: str,
+    source: str,
+    start_date: dt.date | None,
+    end_date: dt.date | None,
+    components: list[str] | None = None,
+    reason: str = "requested",
+) -> Backfill:
+    environment = Environment.objects.filter(name=environment_name).first()
+    if environment is None:
+        raise NotFound(f"environment {environment_name!r} does not exist")
+    applied = sorted(
+        set(Feature.objects.filter(environment=environment).values_list("component__key", flat=True).distinct())
+    )
+    components = sorted(set(components or applied))
+    unknown = [c for c in components if c not in applied]
+    if unknown:
+        raise BackfillSourceError(
+            f"components {unknown} have no features in {environment.name}",
+            problems=[
+                Problem("components", "unknown_component", f"{c} has no table in {environment.name}") for c in unknown
+            ],
+        )
+    allowed = roles.is_admin(user) or roles.is_reviewer(user)
+    if not allowed:
+        owners = roles.owning_teams(environment.pk, components)
+        allowed = set(owners.values()) <= roles.team_slugs(user)
+    if not allowed:
+        reason_text = "only admins, reviewers and members of the owning teams may start backfills"
+        audit_refusal(
+            actor=user,
+            action="backfill.request",
+            object_type="environment",
+            object_id=environment.name,
+            reason=reason_text,
+        )
+        raise PermissionDenied(reason_text)
+    if start_date and end_date and (end_date < start_date or (end_date - start_date).days > MAX_DAYS):
+        raise BackfillSourceError(
+            "the date range is empty or too long",
+            problems=[
+                Problem("end_date", "date_range", f"end_date must be on or after start_date and within {MAX_DAYS} days")
+            ],
+        )
+    _check_source(environment, source, components, start_date, end_date)
+    with transaction.atomic():
+        backfill = Backfill.objects.create(
+            environment=environment,
+            components=components,
+            source=source,
+            start_date=start_date,
+            end_date=end_date,
+            reason=reason,
+            requested_by=user if getattr(user, "is_authenticated", False) else None,
+        )
+        audit_log_write(
+            actor=user,
+            action="backfill.request",
+            object_type="backfill",
+            object_id=backfill.pk,
+            environment=environment.name,
+            after={
+                "components": components,
+                "source": source,
+                "start_date": str(start_date),
+                "end_date": str(end_date),
+            },
+        )
+        backfill_enqueue(backfill)
+    return backfill
+
+
+def backfill_enqueue(backfill: Backfill) -> None:
+    def enqueue() -> None:
+        from workers.tasks import backfill_execute_task
+
+        backfill_execute_task.delay(backfill.pk)
+
+    transaction.on_commit(enqueue)
+
+
+def backfill_cancel(*, user: Any, backfill_id: int) -> Backfill:
+    with transaction.atomic():
+        backfill = Backfill.objects.select_for_update().select_related("environment").filter(pk=backfill_id).first()
+        if backfill is None:
+            raise NotFound(f"backfill {backfill_id} does not exist")
+        if backfill.state not in (Backfill.State.PENDING, Backfill.State.RUNNING):
+            raise Conflict(f"backfill {backfill_id} is {backfill.state}; it cannot be cancelled")
+        backfill.cancel_requested = True
+        if backfill.state == Backfill.State.PENDING:
+            backfill.state = Backfill.State.CANCELLED
+            backfill.finished_at = timezone.now()
+        backfill.save(update_fields=["cancel_requested", "state", "finished_at"])
+        audit_log_write(
+            actor=user,
+            action="backfill.cancel",
+            object_type="backfill",
+            object_id=backfill.pk,
+            environment=backfill.environment.name,
+            after={"state": backfill.state},
+        )
+    return backfill
+
+
+def _partitions_per_job() -> int:
+    return max(1, min(int(settings.FCC_BACKFILL_PARTITIONS_PER_JOB), BIGQUERY_PARTITIONS_PER_JOB))
+
+
+def _finish(backfill: Backfill, state: str, error: str = "") -> str:
+    with transaction.atomic():
+        Backfill.objects.filter(pk=backfill.pk).update(state=state, error=error, finished_at=timezone.now())
+        audit_log_write(
+            actor=None,
+            action=f"backfill.{state}",
+            object_type="backfill",
+            object_id=backfill.pk,
+            environment=backfill.environment.name,
+            after={"state": state, **({"error": error} if error else {})},
+        )
+    return state
+
+
+def backfill_execute(*, backfill_id: int, worker: str) -> str:
+    """Claims and runs a backfill; safe to call again: done partitions are skipped, others replaced."""
+    now = timezone.now()
+    claimed = Backfill.objects.filter(pk=backfill_id, state=Backfill.State.PENDING, cancel_requested=False).update(
+        state=Backfill.State.RUNNING, claimed_by=worker, started_at=now, heartbeat_at=now
+    )
+    if not claimed:
+        return "not-claimed"
+    backfill = Backfill.objects.select_related("environment").get(pk=backfill_id)
+    environment = backfill.environment
+    try:
+        files = _check_source(environment, backfill.source, backfill.components, backfill.start_date, backfill.end_date)
+    except BackfillSourceError as error:
+        details = "; ".join(p.detail for p in error.problems[:20])
+        return _finish(backfill, Backfill.State.FAILED, f"{error.message}: {details}")
+    by_partition: dict[tuple[str, dt.date], list[SourceFile]] = defaultdict(list)
+    for file in files:
+        by_partition[(file.component, file.day)].append(file)
+    existing = {(p.component, p.partition_date) for p in backfill.partitions.all()}
+    BackfillPartition.objects.bulk_create(
+        [
+            BackfillPartition(
+                backfill=backfill, component=c, partition_date=d, source_bytes=sum(os.path.getsize(f.path) for f in fs)
+            )
+            for (c, d), fs in sorted(by_partition.items())
+            if (c, d) not in existing
+        ]
+    )
+    Backfill.objects.filter(pk=backfill.pk).update(partitions_total=len(by_partition))
+    store = offline_store_for(environment)
+    expected = expected_columns(environment, backfill.components)
+    pending = backfill.partitions.filter(status=BackfillPartition.Status.PENDING).order_by(
+        "component", "partition_date"
+    )
+    jobs: dict[str, list[BackfillPartition]] = defaultdict(list)
+    for partition in pending:
+        jobs[partition.component].append(partition)
+    size = _partitions_per_job()
+    for component, partitions in jobs.items():
+        table = Component.objects.get(key=component).table_name
+        for start in range(0, len(partitions), size):
+            if Backfill.objects.filter(pk=backfill.pk, cancel_requested=True).exists():
+                return _finish(backfill, Backfill.State.CANCELLED)
+            chunk = partitions[start : start + size]
+            days = [p.partition_date for p in chunk]
+            chunk_files = sorted({f.path for p in chunk for f in by_partition[(component, p.partition_date)]})
+            present = _columns_present(chunk_files)
+            columns = {name: spec.target for name, spec in expected[component].items() if name in present}
+            try:
+                written = store.replace_partitions(table, days, chunk_files, columns)  # type: ignore[attr-defined]
+                target = store.partition_row_counts(table, days)  # type: ignore[attr-defined]
+            except Exception as error:  # noqa: BLE001 - recorded on the backfill for a person to act on
+                return _finish(
+                    backfill,
+                    Backfill.State.FAILED,
+                    f"{component} {days[0]}..{days[-1]}: {type(error).__name__}: {error}",
+                )
+            mismatched = []
+            for partition in chunk:
+                day = partition.partition_date
+                partition.source_rows = written[day]
+                partition.target_rows = target[day]
+                partition.status = (
+                    BackfillPartition.Status.DONE if written[day] == target[day] else BackfillPartition.Status.MISMATCH
+                )
+                partition.finished_at = timezone.now()
+                if partition.status == BackfillPartition.Status.MISMATCH:
+                    mismatched.append(f"{component} {day}: source {written[day]} rows, table {target[day]}")
+            BackfillPartition.objects.bulk_update(chunk, ["source_rows", "target_rows", "status", "finished_at"])
+            Backfill.objects.filter(pk=backfill.pk).update(
+                partitions_done=F("partitions_done") + len(chunk),
+                rows_loaded=F("rows_loaded") + sum(written.values()),
+                bytes_loaded=F("bytes_loaded") + sum(p.source_bytes for p in chunk),
+                heartbeat_at=timezone.now(),
+            )
+            if mismatched:
+                return _finish(backfill, Backfill.State.FAILED, "row counts differ: " + "; ".join(mismatched[:20]))
+    logger.info("backfill succeeded", extra={"backfill": backfill.pk})
+    return _finish(backfill, Backfill.State.SUCCEEDED)
+
+
+def _columns_present(files: list[str]) -> set[str]:
+    import pyarrow.parquet as pq
+
+    present: set[str] | None = None
+    for path in files:
+        names = set(pq.read_schema(path).names)
+        present = names if present is None else present & names
+    return present or set()
+
+
+def backfill_progress(backfill: Backfill) -> dict[str, Any]:
+    """Partitions, rows, bytes, rate and ETA, as the API and the console show them."""
+    elapsed = None
+    if backfill.started_at:
+        end = backfill.finished_at or timezone.now()
+        elapsed = max((end - backfill.started_at).total_seconds(), 1e-6)
+    rate = backfill.rows_loaded / elapsed if elapsed else 0.0
+    remaining = backfill.partitions_total - backfill.partitions_done
+    per_partition = elapsed / backfill.partitions_done if elapsed and backfill.partitions_done else None
+    eta = remaining * per_partition if per_partition is not None and backfill.state == Backfill.State.RUNNING else None
+    return {
+        "partitions_total": backfill.partitions_total,
+        "partitions_done": backfill.partitions_done,
+        "rows_loaded": backfill.rows_loaded,
+        "bytes_loaded": backfill.bytes_loaded,
+        "rows_per_second": round(rate, 1),
+        "elapsed_seconds": round(elapsed, 3) if elapsed else None,
+        "eta_seconds": round(eta, 1) if eta is not None else None,
+    }

@@ -1,0 +1,158 @@
+"""Backfills on the embedded offline store: checked before writing, idempotent, reconciled, cancellable."""
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from catalog.models import Environment, Feature
+from provisioning import runner
+from provisioning.backends import offline_store_for
+from provisioning.backfill import backfill_execute
+from provisioning.models import Backfill, ProvisioningRun
+from provisioning.offline.duckdb_store import DuckDBOfflineStore
+
+pytestmark = pytest.mark.django_db
+ARROW = {"float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_(), "string": pa.string()}
+DAYS = [dt.date(2026, 11, 23), dt.date(2026, 11, 24)]
+
+
+@pytest.fixture(autouse=True)
+def stores(tmp_path, settings):
+    settings.FCC_STORES = {
+        env: {
+            "offline_options": {"path": str(tmp_path / "offline")},
+            "online_options": {"path": str(tmp_path / "online")},
+        }
+        for env in ("dev", "staging", "prod")
+    }
+
+
+@pytest.fixture
+def dev(loaded):
+    env = Environment.objects.get(name="dev")
+    assert (
+        runner.run_execute(run_id=ProvisioningRun.objects.get(environment=env, revision=1).pk, worker="t")
+        == "succeeded"
+    )
+    return env
+
+
+def write_source(root: Path, component="c8", days=DAYS, assets=("NIFTY", "BANKNIFTY"), mutate=None) -> int:
+    """Two hours of minutes per asset and day; returns the rows written."""
+    features = list(
+        Feature.objects.filter(environment__name="dev", component__key=component).values_list("name", "dtype")
+    )
+    total = 0
+    for day in days:
+        for asset in assets:
+            for hour in (4, 5):  # UTC hours inside the IST session
+                stamps = [dt.datetime(day.year, day.month, day.day, hour, m, 17, tzinfo=dt.UTC) for m in range(60)]
+                n = len(stamps)
+                columns = {
+                    "symbol": pa.array([asset] * n),
+                    "ts_minute": pa.array(stamps, pa.timestamp("us", tz="UTC")),
+                    "dte": pa.array([3] * n, pa.int64()),
+                }
+                for i, (name, dtype) in enumerate(features):
+                    values = {
+                        "float64": [float(i + m) for m in range(n)],
+                        "int64": [i + m for m in range(n)],
+                        "bool": [m % 2 == 0 for m in range(n)],
+                        "string": [f"s{m}" for m in range(n)],
+                    }[dtype]
+                    columns[name] = pa.array(values, ARROW[dtype])
+                if mutate:
+                    columns = mutate(columns)
+                path = root / asset / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}" / f"{hour + 5:02d}"
+                path.mkdir(parents=True, exist_ok=True)
+                pq.write_table(pa.table(columns), path / f"{component}.parquet", compression="snappy")
+                total += n
+    return total
+
+
+def table_counts(env, table="c8_features"):
+    store = offline_store_for(env)
+    assert isinstance(store, DuckDBOfflineStore)
+    with store.connect(read_only=True) as con:
+        query = f"SELECT CAST(ts_minute AS DATE), count(*) FROM market_regime_dev.{table} GROUP BY 1"  # noqa: S608
+        return dict(con.execute(query).fetchall())
+
+
+def request(client, source, **extra):
+    body = {"environment": "dev", "source": str(source), "components": ["c8"], **extra}
+    return client.post("/api/v1/backfills/", body, format="json")
+
+
+def test_backfill_loads_reconciles_and_a_rerun_leaves_identical_counts(users, dev, client_for, tmp_path):
+    rows = write_source(tmp_path / "src")
+    response = request(client_for("carol"), tmp_path / "src")
+    assert response.status_code == 201, response.json()
+    assert backfill_execute(backfill_id=response.json()["id"], worker="t") == "succeeded"
+    assert table_counts(dev) == {DAYS[0]: rows // 2, DAYS[1]: rows // 2}
+    detail = client_for("erin").get(f"/api/v1/backfills/{response.json()['id']}/").json()
+    assert detail["progress"]["partitions_done"] == detail["progress"]["partitions_total"] == 2
+    assert detail["progress"]["rows_loaded"] == rows
+    assert {p["status"] for p in detail["partitions"]} == {"done"}
+    assert all(p["source_rows"] == p["target_rows"] for p in detail["partitions"])
+
+    again = request(client_for("carol"), tmp_path / "src")
+    assert backfill_execute(backfill_id=again.json()["id"], worker="t") == "succeeded"
+    assert table_counts(dev) == {DAYS[0]: rows // 2, DAYS[1]: rows // 2}
+
+
+def test_a_source_with_the_wrong_schema_writes_nothing_and_says_what_is_wrong(users, dev, client_for, tmp_path):
+    first, second = (
+        Feature.objects.filter(environment=dev, component__key="c8").order_by("id").values_list("name", flat=True)[:2]
+    )
+
+    def wrong(columns):
+        columns.pop(first)
+        columns["not_in_catalog"] = pa.array([1.0] * len(columns["symbol"]))
+        columns[second] = pa.array(["x"] * len(columns["symbol"]))
+        return columns
+
+    write_source(tmp_path / "bad", mutate=wrong)
+    response = request(client_for("carol"), tmp_path / "bad")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "invalid_source"
+    rules = {(e["path"], e["rule"]) for e in body["errors"]}
+    assert (f"c8.{first}", "missing_column") in rules
+    assert ("c8.not_in_catalog", "unknown_column") in rules
+    assert (f"c8.{second}", "type_mismatch") in rules
+    assert Backfill.objects.count() == 0
+    assert table_counts(dev) == {}
+
+
+def test_cancel_stops_between_jobs_and_leaves_whole_partitions(users, dev, client_for, tmp_path, settings, monkeypatch):
+    settings.FCC_BACKFILL_PARTITIONS_PER_JOB = 1
+    rows = write_source(tmp_path / "src")
+    backfill_id = request(client_for("carol"), tmp_path / "src").json()["id"]
+    original = DuckDBOfflineStore.replace_partitions
+
+    def replace_then_cancel(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        client_for("carol").post(f"/api/v1/backfills/{backfill_id}/cancel/")
+        return result
+
+    monkeypatch.setattr(DuckDBOfflineStore, "replace_partitions", replace_then_cancel)
+    assert backfill_execute(backfill_id=backfill_id, worker="t") == "cancelled"
+    assert table_counts(dev) == {DAYS[0]: rows // 2}
+    assert Backfill.objects.get(pk=backfill_id).partitions_done == 1
+
+
+def test_only_reviewers_admins_and_owning_teams_start_backfills(users, dev, client_for, tmp_path):
+    write_source(tmp_path / "src")
+    assert request(client_for("erin"), tmp_path / "src").status_code == 403
+    assert request(client_for("alice"), tmp_path / "src").status_code == 403  # owns c1, not c8
+    assert request(client_for("root"), tmp_path / "src").status_code == 201
+
+
+def test_a_missing_source_is_a_clear_error(users, dev, client_for, tmp_path):
+    response = request(client_for("carol"), tmp_path / "nowhere")
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["path"] == "source"
+    assert request(client_for("carol"), "gs://vertex-mr-data/").status_code == 400
