@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from api import views, views_provisioning
+from api import views, views_online, views_provisioning
 
 router = DefaultRouter()
 router.register("environments", views.EnvironmentViewSet, basename="environment")
@@ -16,6 +16,7 @@ router.register("backfills", views_provisioning.BackfillViewSet, basename="backf
 urlpatterns = [
     path("environments/<str:name>/drift/", views_provisioning.DriftView.as_view(), name="environment-drift"),
     path("environments/<str:name>/costs/", views_provisioning.CostsView.as_view(), name="environment-costs"),
+    path("online-features/", views_online.OnlineFeaturesView.as_view(), name="online-features"),
     path("provisioning-runs/<int:pk>/retry/", views_provisioning.RunRetryView.as_view(), name="provisioning-run-retry"),
     *router.urls,
 ]

@@ -217,6 +217,10 @@ FCC_STEP_BACKOFF_SECONDS = float(os.environ.get("FCC_STEP_BACKOFF_SECONDS", "0.5
 FCC_RUN_STALE_SECONDS = int(os.environ.get("FCC_RUN_STALE_SECONDS", "120"))
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-provisioning-runs": {"task": "provisioning.reap_stale_runs", "schedule": 60.0},
+    "online-sync": {
+        "task": "provisioning.online_sync_all",
+        "schedule": float(os.environ.get("FCC_ONLINE_SYNC_SECONDS", "60")),
+    },
     "detect-drift": {
         "task": "provisioning.drift_detect_all",
         "schedule": float(os.environ.get("FCC_DRIFT_SECONDS", "900")),

@@ -165,3 +165,21 @@ class DriftReport(models.Model):
 
     def __str__(self) -> str:
         return f"drift {self.environment_id}@{self.revision}: {len(self.findings)} findings"
+
+
+class OnlineSyncState(models.Model):
+    """How far the online sync of one component has read the offline table."""
+
+    environment = models.ForeignKey("catalog.Environment", on_delete=models.PROTECT, related_name="online_syncs")
+    component = models.CharField(max_length=16)
+    watermark = models.DateTimeField(null=True, blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_rows = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["environment", "component"], name="one_sync_state_per_component")
+        ]
+
+    def __str__(self) -> str:
+        return f"sync {self.environment_id}/{self.component} at {self.watermark}"

@@ -62,3 +62,15 @@ def provisioning_drift_detect_all() -> None:
 
     for environment in Environment.objects.filter(revision__gt=0):
         drift_detect(environment=environment, trigger="schedule")
+
+
+@shared_task(name="provisioning.online_sync_all")
+def online_sync_all() -> None:
+    from catalog.models import Environment
+    from provisioning.backends import store_config
+    from provisioning.online_sync import online_sync
+
+    for environment in Environment.objects.filter(revision__gt=0):
+        # Vertex AI feature views sync themselves from BigQuery on their cron.
+        if store_config(environment.name)["online"] == "local":
+            online_sync(environment=environment)
