@@ -210,6 +210,8 @@ CELERY_TASK_ROUTES = {"provisioning.*": {"queue": "provisioning"}}
 FCC_OFFLINE_STORE = os.environ.get("FCC_OFFLINE_STORE", "duckdb")
 FCC_ONLINE_STORE = os.environ.get("FCC_ONLINE_STORE", "local")
 FCC_STORES: dict[str, dict[str, Any]] = json.loads(os.environ.get("FCC_STORES", "{}"))
+# The embedded online store keeps its values in Redis instead of SQLite when this is set.
+REDIS_URL = os.environ.get("REDIS_URL", "")
 # Provisioning runs: transient store errors are retried this many times per step, with exponential backoff.
 FCC_STEP_MAX_ATTEMPTS = int(os.environ.get("FCC_STEP_MAX_ATTEMPTS", "5"))
 FCC_STEP_BACKOFF_SECONDS = float(os.environ.get("FCC_STEP_BACKOFF_SECONDS", "0.5"))

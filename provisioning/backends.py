@@ -50,7 +50,10 @@ def offline_store_for(environment: Environment) -> OfflineStore:
 
 def online_store_for(environment: Environment) -> OnlineStore:
     config = store_config(environment.name)
-    cls = import_string(ONLINE_STORES[config["online"]])
+    path = ONLINE_STORES[config["online"]]
+    if config["online"] == "local" and (settings.REDIS_URL or (config.get("online_options") or {}).get("redis_url")):
+        path = "provisioning.online.redis_store.RedisOnlineStore"
+    cls = import_string(path)
     store: OnlineStore = cls(
         environment=environment.name,
         project=environment.gcp_project,

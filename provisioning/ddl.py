@@ -170,11 +170,51 @@ def _duckdb_tree(tree: exp.Expr) -> exp.Expr:
     for table in tree.find_all(exp.Table):
         if table.args.get("catalog") is not None:
             table.set("catalog", None)
+    # FORMAT_TIMESTAMP(format, ts, zone): sqlglot drops the zone for DuckDB; DuckDB formats `ts AT TIME ZONE zone`.
+    for node in list(tree.find_all(exp.TimeToStr)):
+        zone = node.args.get("zone")
+        if zone is not None:
+            instant = node.this.this if isinstance(node.this, exp.TsOrDsToTimestamp) else node.this
+            local = exp.AtTimeZone(this=instant.copy(), zone=zone.copy())
+            node.replace(exp.func("STRFTIME", local, node.args["format"].copy()))
     # BigQuery NUMERIC is DECIMAL(38, 9); DuckDB's bare DECIMAL is (18, 3).
     for dtype in tree.find_all(exp.DataType):
         if dtype.this == exp.DataType.Type.DECIMAL and not dtype.expressions:
             dtype.replace(exp.DataType.build("DECIMAL(38, 9)", dialect="duckdb"))
     return tree
+
+
+# The online source view of a component (what a Vertex AI feature group reads).
+ENTITY_ID_COLUMN = "entity_id"
+TIMESTAMP_COLUMN = "feature_timestamp"
+SOURCE_SUFFIX = "_features_online"
+
+
+def online_source_view_sql(
+    project: str, dataset: str, component: str, columns: Sequence[tuple[str, str]], window_seconds: int
+) -> str:
+    """The BigQuery view a component's FeatureGroup reads: the catalog's entity id, the feature timestamp and
+    the online features under their names, for the rows younger than `window_seconds` (the longest TTL).
+
+    `columns`: (table column, feature name) for the component's online features. The offline store creates it
+    (replace_view) before update() registers the group: Vertex checks the source when features are created.
+    """
+    if not columns:
+        raise ValueError(f"{component} has no online features: it needs no online source view")
+    if window_seconds <= 0:
+        raise ValueError("the online window must be positive")
+    table = qualified(project, dataset, f"{component}_features")
+    view = qualified(project, dataset, f"{component}{SOURCE_SUFFIX}")
+    symbol, ts_minute, dte = (ident(k) for k in KEY_NAMES)
+    selected = ", ".join(f"{ident(column)} AS {ident(name)}" for column, name in columns)
+    # Identifiers are validated and quoted by ident() and qualified(); nothing here comes from a request.
+    return (
+        f"CREATE OR REPLACE VIEW {view} AS\n"
+        f"SELECT CONCAT({symbol}, '_', FORMAT_TIMESTAMP('%Y%m%d%H%M', {ts_minute}, 'Asia/Kolkata'), '_', "
+        f"CAST({dte} AS STRING)) AS {ident(ENTITY_ID_COLUMN)}, {ts_minute} AS {ident(TIMESTAMP_COLUMN)}, {selected}\n"
+        f"FROM {table}\n"
+        f"WHERE {ts_minute} >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL {int(window_seconds)} SECOND)"
+    )
 
 
 @functools.lru_cache(maxsize=512)

@@ -4,7 +4,7 @@ from django.db.models import Prefetch
 
 from catalog import rules
 from catalog.models import Component, Environment, Feature, FeatureVersion
-from provisioning.ddl import KEY_COLUMNS, Column, TableSpec, training_view_sql
+from provisioning.ddl import KEY_COLUMNS, SOURCE_SUFFIX, Column, TableSpec, online_source_view_sql, training_view_sql
 from provisioning.online.base import OnlineFeature, OnlineViewSpec
 
 ONLINE_VIEW_NAME = "instrument_minute_online"
@@ -76,3 +76,20 @@ def online_view(environment: Environment) -> OnlineViewSpec:
         ),
         options={"id_template": "${symbol}_${yyyymmddHHMM}_${dte}"},
     )
+
+
+def online_source_views(environment: Environment) -> dict[str, str]:
+    """View name -> BigQuery statement: per component with online features, the rows within the longest TTL
+    keyed by the catalog's entity id (what a Vertex AI feature group reads)."""
+    by_component: dict[str, list[tuple[str, str]]] = {}
+    windows: dict[str, int] = {}
+    online = Feature.objects.filter(environment=environment, status=Feature.Status.ACTIVE, online=True).order_by("name")
+    for component, column, name, ttl in online.values_list("component__key", "column_name", "name", "ttl_seconds"):
+        by_component.setdefault(component, []).append((column, name))
+        windows[component] = max(windows.get(component, 0), ttl)
+    return {
+        f"{component}{SOURCE_SUFFIX}": online_source_view_sql(
+            environment.gcp_project, environment.bigquery_dataset, component, columns, windows[component]
+        )
+        for component, columns in sorted(by_component.items())
+    }

@@ -92,7 +92,13 @@ def _execute_step(run: ProvisioningRun, context: RunContext, step: dict[str, Any
     if kind == "replace_view":
         return offline.replace_view(VIEW_NAME, desired.training_view(environment))
     if kind == "update_online_store":
-        return online_store_for(environment).update(desired.online_view(environment))
+        # The online features' source views first (Vertex AI's feature groups read them; Vertex checks the
+        # source when features are registered), then the online resources.
+        requests: list[Any] = []
+        for view_name, sql in desired.online_source_views(environment).items():
+            requests.extend(offline.replace_view(view_name, sql).request)
+        outcome = online_store_for(environment).update(desired.online_view(environment))
+        return StepOutcome(request=[*requests, *outcome.request], changed=outcome.changed, result=outcome.result)
     if kind == "schedule_backfill":
         with transaction.atomic():
             backfill, created = Backfill.objects.get_or_create(

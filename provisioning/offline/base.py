@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provisioning.ddl import Column, TableSpec
+from provisioning.errors import TransientStoreError
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class OfflineStore(ABC):
         for sql in statements:
             try:
                 self.dry_run(sql)
+            except TransientStoreError:
+                raise  # retried by the runner, not reported as a problem of the plan
             except Exception as error:  # noqa: BLE001 - reported to the person, who acts on it
                 problems.append(f"{sql.splitlines()[0][:120]}: {error}")
         return {"problems": problems, "checked": len(statements)}

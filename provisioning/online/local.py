@@ -85,6 +85,10 @@ class LocalOnlineStore(OnlineStore):
                 merged: dict[str, Any] = json.loads(current[0]) if current else {}
                 stamp = event_time.timestamp()
                 for name, value in values.items():
+                    if value is None:
+                        # No value is not a value: it would read back as "present" None. Like a sync from
+                        # BigQuery (nulls never replace a value), it leaves the feature as it was.
+                        continue
                     old = merged.get(name)
                     if old is None or old[1] <= stamp:
                         merged[name] = [value, stamp]

@@ -1,0 +1,499 @@
+"""The online store interface: one conformance suite for every backend, then what only one backend does.
+
+The vertex backend runs the real google-cloud-aiplatform v1 clients over real local connections (REST over
+HTTP, and gRPC for direct writes) against tests/vertex_fake.py; nothing in the client library is mocked.
+"""
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+import pytest
+
+from catalog.entity_ids import entity_id
+from provisioning import ddl
+from provisioning.ddl import online_source_view_sql
+from provisioning.errors import PermanentStoreError, TransientStoreError
+from provisioning.online.base import OnlineFeature, OnlineStore, OnlineViewSpec
+from provisioning.online.local import LocalOnlineStore
+from provisioning.online.vertex import VertexOnlineStore
+from tests.vertex_fake import VertexFake
+
+PROJECT = "arched-bot-269016"
+REGION = "us-central1"
+ENV = "dev"
+VIEW = "instrument_minute_online"
+ID_TEMPLATE = "${symbol}_${yyyymmddHHMM}_${dte}"
+H48 = 48 * 3600
+D30 = 30 * 86400
+ATM_IV = OnlineFeature("atm_iv", "float64", H48, "c1")
+STRADDLE = OnlineFeature("straddle_premium", "float64", H48, "c1")
+GEX = OnlineFeature("gamma_exposure", "float64", D30, "c2")
+VWAP = OnlineFeature("vwap_distance", "float64", H48, "c3")
+ENTITY = "NIFTY_202611271015_3"
+T0 = datetime(2026, 11, 27, 10, 15, tzinfo=UTC)
+
+STORE_NAME = f"projects/{PROJECT}/locations/{REGION}/featureOnlineStores/market_regime_{ENV}"
+VIEW_NAME = f"{STORE_NAME}/featureViews/{VIEW}"
+GROUP_C1 = f"projects/{PROJECT}/locations/{REGION}/featureGroups/market_regime_{ENV}_c1"
+
+
+def spec(*features: OnlineFeature, name: str = VIEW) -> OnlineViewSpec:
+    return OnlineViewSpec(
+        name=name, entity_type="instrument_minute", features=features, options={"id_template": ID_TEMPLATE}
+    )
+
+
+@pytest.fixture
+def fake() -> Iterator[VertexFake]:
+    server = VertexFake().start()
+    yield server
+    server.stop()
+
+
+def vertex(fake: VertexFake, *, transport: str = "rest", **options: Any) -> VertexOnlineStore:
+    endpoint = fake.http_endpoint if transport == "rest" else fake.grpc_endpoint
+    return VertexOnlineStore(
+        environment=ENV,
+        project=PROJECT,
+        region=REGION,
+        options={
+            "api_endpoint": endpoint,
+            "transport": transport,
+            "operation_timeout_seconds": 10,
+            "request_timeout_seconds": 10,
+            **options,
+        },
+    )
+
+
+def local(tmp_path: Any) -> LocalOnlineStore:
+    return LocalOnlineStore(environment=ENV, project=PROJECT, region=REGION, options={"path": str(tmp_path)})
+
+
+@pytest.fixture(params=["local", "vertex"])
+def store(request: pytest.FixtureRequest, tmp_path: Any) -> OnlineStore:
+    if request.param == "local":
+        return local(tmp_path)
+    return vertex(request.getfixturevalue("fake"))
+
+
+@pytest.fixture(params=["local", "vertex-grpc"])
+def writable(request: pytest.FixtureRequest, tmp_path: Any) -> OnlineStore:
+    """Stores that take direct writes: vertex does over gRPC only (FeatureViewDirectWrite is a stream)."""
+    if request.param == "local":
+        return local(tmp_path)
+    return vertex(request.getfixturevalue("fake"), transport="grpc")
+
+
+def by_name(view: OnlineViewSpec | None) -> dict[str, OnlineFeature]:
+    assert view is not None
+    return {f.name: f for f in view.features}
+
+
+# Conformance ---------------------------------------------------------------------------------------------------
+
+
+def test_describe_is_none_before_anything_exists(store):
+    assert store.describe() is None
+
+
+def test_update_creates_the_online_resources(store):
+    outcome = store.update(spec(ATM_IV, STRADDLE, GEX))
+    assert outcome.changed is True
+    assert outcome.request
+    assert set(by_name(store.describe())) == {"atm_iv", "straddle_premium", "gamma_exposure"}
+
+
+def test_update_again_changes_nothing(store):
+    store.update(spec(ATM_IV, STRADDLE, GEX))
+    again = store.update(spec(ATM_IV, STRADDLE, GEX))
+    assert again.changed is False
+
+
+def test_describe_returns_what_was_applied(store):
+    wanted = spec(ATM_IV, STRADDLE, GEX)
+    store.update(wanted)
+    live = store.describe()
+    assert live is not None
+    assert live.name == VIEW
+    assert live.entity_type == "instrument_minute"
+    assert live.options == {"id_template": ID_TEMPLATE}
+    assert by_name(live) == by_name(wanted)
+
+
+def test_update_with_one_feature_removed_and_one_added_changes_exactly_that(store):
+    store.update(spec(ATM_IV, STRADDLE, GEX))
+    outcome = store.update(spec(ATM_IV, GEX, VWAP))
+    assert outcome.changed is True
+    assert by_name(store.describe()) == by_name(spec(ATM_IV, GEX, VWAP))
+    assert store.update(spec(ATM_IV, GEX, VWAP)).changed is False
+
+
+def test_a_ttl_change_is_applied(store):
+    store.update(spec(ATM_IV, GEX))
+    longer = OnlineFeature("atm_iv", "float64", D30, "c1")
+    assert store.update(spec(longer, GEX)).changed is True
+    assert by_name(store.describe())["atm_iv"].ttl_seconds == D30
+
+
+def test_reading_an_unknown_entity_gives_missing_values_never_zero(store):
+    store.update(spec(ATM_IV, GEX))
+    values = store.read([ENTITY], ["atm_iv", "gamma_exposure"], now=T0)
+    assert set(values) == {ENTITY}
+    for value in values[ENTITY].values():
+        assert value.status == "missing"
+        assert value.value is None
+        assert value.event_time is None
+
+
+def test_written_values_read_back_and_older_writes_never_win(writable):
+    writable.update(spec(ATM_IV, STRADDLE, GEX))
+    writable.write([(ENTITY, T0, {"atm_iv": 0.0, "straddle_premium": 212.5})])
+    writable.write([(ENTITY, T0 - timedelta(minutes=5), {"atm_iv": 99.0, "gamma_exposure": -3.5})])
+    values = writable.read([ENTITY], ["atm_iv", "straddle_premium", "gamma_exposure"], now=T0)[ENTITY]
+    assert (values["atm_iv"].value, values["atm_iv"].status, values["atm_iv"].event_time) == (0.0, "present", T0)
+    assert values["straddle_premium"].value == 212.5
+    # An older write still fills a feature that had no value.
+    assert values["gamma_exposure"].value == -3.5
+    assert values["gamma_exposure"].event_time == T0 - timedelta(minutes=5)
+
+
+def test_newest_write_in_one_batch_wins(writable):
+    writable.update(spec(ATM_IV))
+    writable.write([(ENTITY, T0, {"atm_iv": 1.0}), (ENTITY, T0 - timedelta(minutes=1), {"atm_iv": 2.0})])
+    assert writable.read([ENTITY], ["atm_iv"], now=T0)[ENTITY]["atm_iv"].value == 1.0
+
+
+def test_a_none_written_reads_as_missing_and_does_not_erase(writable):
+    writable.update(spec(ATM_IV, STRADDLE))
+    writable.write([(ENTITY, T0, {"atm_iv": 1.0, "straddle_premium": None})])
+    writable.write([(ENTITY, T0 + timedelta(minutes=1), {"atm_iv": None})])
+    values = writable.read([ENTITY], ["atm_iv", "straddle_premium"], now=T0)[ENTITY]
+    assert values["straddle_premium"].status == "missing"
+    assert (values["atm_iv"].status, values["atm_iv"].value) == ("present", 1.0)
+
+
+def test_expired_values_are_explicit(writable):
+    writable.update(spec(ATM_IV, GEX))
+    writable.write([(ENTITY, T0, {"atm_iv": 1.5, "gamma_exposure": 7.0})])
+    later = T0 + timedelta(seconds=H48 + 1)
+    values = writable.read([ENTITY], ["atm_iv", "gamma_exposure"], now=later)[ENTITY]
+    assert (values["atm_iv"].status, values["atm_iv"].value, values["atm_iv"].event_time) == ("expired", None, T0)
+    assert (values["gamma_exposure"].status, values["gamma_exposure"].value) == ("present", 7.0)
+    at_limit = writable.read([ENTITY], ["atm_iv"], now=T0 + timedelta(seconds=H48))[ENTITY]
+    assert at_limit["atm_iv"].status == "present"
+
+
+# Vertex: IDs, requests, resources -----------------------------------------------------------------------------
+
+
+def test_a_61_character_view_name_is_refused_before_any_call(fake):
+    name = "v" * 61
+    with pytest.raises(PermanentStoreError, match=rf"FeatureView ID '{name}' has 61 characters.*at most 60"):
+        vertex(fake).update(spec(ATM_IV, name=name))
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("environment", "feature", "message"),
+    [
+        ("dev", "Atm_IV", r"Feature ID 'Atm_IV' breaks the rule \^\[a-z_\]\[a-z0-9_\]\*\$"),
+        ("dev", "9lives", r"Feature ID '9lives' breaks the rule"),
+        ("dev", "f" * 129, r"Feature ID 'f{129}' has 129 characters; the rule is at most 128"),
+        ("prod-eu", "atm_iv", r"FeatureOnlineStore ID 'market_regime_prod-eu' breaks the rule"),
+        ("e" * 47, "atm_iv", r"FeatureOnlineStore ID 'market_regime_e{47}' has 61 characters"),
+    ],
+)
+def test_resource_ids_are_validated_before_any_call(fake, environment, feature, message):
+    store = VertexOnlineStore(
+        environment=environment, project=PROJECT, region=REGION, options={"api_endpoint": fake.http_endpoint}
+    )
+    with pytest.raises(PermanentStoreError, match=message):
+        store.update(spec(OnlineFeature(feature, "float64", H48, "c1")))
+    assert fake.requests == []
+
+
+def test_bad_autoscaling_settings_are_refused_before_any_call(fake, settings):
+    settings.FCC_ONLINE_MIN_NODES = 1
+    settings.FCC_ONLINE_MAX_NODES = 11
+    with pytest.raises(PermanentStoreError, match="min <= max <= 10 x min"):
+        vertex(fake).update(spec(ATM_IV))
+    assert fake.requests == []
+
+
+def test_the_online_store_is_created_with_bigtable_autoscaling_2_10_70(fake):
+    vertex(fake).update(spec(ATM_IV))
+    [create] = fake.calls("CreateFeatureOnlineStore")
+    assert create.name == f"projects/{PROJECT}/locations/{REGION}"
+    assert create.body["bigtable"]["autoScaling"] == {"minNodeCount": 2, "maxNodeCount": 10, "cpuUtilizationTarget": 70}
+    assert "optimized" not in create.body
+
+
+def test_changed_autoscaling_settings_update_the_store_in_place(fake, settings):
+    vertex(fake).update(spec(ATM_IV))
+    settings.FCC_ONLINE_MAX_NODES = 12
+    outcome = vertex(fake).update(spec(ATM_IV))
+    assert outcome.result["updated"] == [f"{STORE_NAME} (bigtable.auto_scaling)"]
+    assert fake.get(STORE_NAME)["bigtable"]["autoScaling"]["maxNodeCount"] == 12
+
+
+def test_feature_groups_register_the_online_source_views_keyed_by_entity_id(fake):
+    vertex(fake).update(spec(ATM_IV, STRADDLE, GEX))
+    group = fake.get(GROUP_C1)
+    assert group["bigQuery"] == {
+        "bigQuerySource": {"inputUri": f"bq://{PROJECT}.market_regime_{ENV}.c1_features_online"},
+        "entityIdColumns": ["entity_id"],
+        "timeSeries": {"timestampColumn": "feature_timestamp"},
+    }
+    assert group["labels"]["fcc_component"] == "c1"
+    feature = fake.get(f"{GROUP_C1}/features/atm_iv")
+    assert feature["versionColumnName"] == "atm_iv"
+    assert feature["labels"] == {"fcc_dtype": "float64", "fcc_ttl_seconds": str(H48), "fcc_component": "c1"}
+    assert {c.name.rsplit("/", 1)[-1] for c in fake.calls("GetFeatureGroup")} == {
+        f"market_regime_{ENV}_c1",
+        f"market_regime_{ENV}_c2",
+    }
+
+
+def test_the_feature_view_serves_the_groups_features_with_a_cron_sync(fake):
+    vertex(fake).update(spec(ATM_IV, STRADDLE, GEX))
+    view = fake.get(VIEW_NAME)
+    assert view["syncConfig"] == {"cron": "*/15 * * * *"}
+    assert view["featureRegistrySource"]["featureGroups"] == [
+        {"featureGroupId": f"market_regime_{ENV}_c1", "featureIds": ["atm_iv", "straddle_premium"]},
+        {"featureGroupId": f"market_regime_{ENV}_c2", "featureIds": ["gamma_exposure"]},
+    ]
+    assert view["labels"]["fcc_entity_type"] == "instrument_minute"
+
+
+def test_a_new_sync_cron_updates_only_the_cron(fake):
+    vertex(fake).update(spec(ATM_IV))
+    outcome = vertex(fake, sync_cron="CRON_TZ=Asia/Kolkata */5 9-15 * * 1-5").update(spec(ATM_IV))
+    assert outcome.result == {"created": [], "updated": [f"{VIEW_NAME} (sync_config.cron)"]}
+    assert fake.get(VIEW_NAME)["syncConfig"]["cron"] == "CRON_TZ=Asia/Kolkata */5 9-15 * * 1-5"
+
+
+def test_a_second_update_only_reads(fake):
+    vertex(fake).update(spec(ATM_IV, GEX))
+    before = len(fake.requests)
+    assert vertex(fake).update(spec(ATM_IV, GEX)).changed is False
+    assert {c.method for c in fake.requests[before:]} <= {
+        "GetFeatureOnlineStore",
+        "GetFeatureGroup",
+        "GetFeature",
+        "GetFeatureView",
+    }
+
+
+def test_removing_and_adding_a_feature_touches_only_the_new_feature_and_the_view(fake):
+    vertex(fake).update(spec(ATM_IV, STRADDLE, GEX))
+    outcome = vertex(fake).update(spec(ATM_IV, GEX, VWAP))
+    group_c3 = f"projects/{PROJECT}/locations/{REGION}/featureGroups/market_regime_{ENV}_c3"
+    assert outcome.result == {
+        "created": [group_c3, f"{group_c3}/features/vwap_distance"],
+        "updated": [f"{VIEW_NAME} (feature_registry_source.feature_groups)"],
+    }
+    # The feature left the view but stays registered over its BigQuery column: nothing is deleted.
+    assert fake.get(f"{GROUP_C1}/features/straddle_premium") is not None
+
+
+def test_labels_someone_else_added_are_kept_and_ours_restored(fake):
+    vertex(fake).update(spec(ATM_IV))
+    feature = fake.resources[f"{GROUP_C1}/features/atm_iv"]
+    feature["labels"] = {"fcc_dtype": "float64", "fcc_ttl_seconds": "60", "owner": "quant"}
+    outcome = vertex(fake).update(spec(ATM_IV))
+    assert outcome.result["updated"] == [f"{GROUP_C1}/features/atm_iv (labels)"]
+    assert fake.get(f"{GROUP_C1}/features/atm_iv")["labels"] == {
+        "fcc_dtype": "float64",
+        "fcc_ttl_seconds": str(H48),
+        "fcc_component": "c1",
+        "owner": "quant",
+    }
+
+
+def test_a_group_over_another_source_stops_for_a_person(fake):
+    vertex(fake).update(spec(ATM_IV))
+    fake.resources[GROUP_C1]["bigQuery"]["bigQuerySource"]["inputUri"] = f"bq://{PROJECT}.market_regime_dev.c1_features"
+    with pytest.raises(PermanentStoreError, match="source is immutable"):
+        vertex(fake).update(spec(ATM_IV))
+
+
+def test_a_resource_created_concurrently_is_compared_not_an_error(fake):
+    vertex(fake).update(spec(ATM_IV))
+    # Another worker created the store between our get (404) and our create (409).
+    fake.fail(404, method="GetFeatureOnlineStore")
+    outcome = vertex(fake).update(spec(ATM_IV))
+    assert outcome.changed is False
+    assert len(fake.calls("CreateFeatureOnlineStore")) == 2
+
+
+def test_describe_uses_ids_although_vertex_answers_with_the_project_number(fake):
+    vertex(fake).update(spec(ATM_IV))
+    listed = fake.call("ListFeatureViews", STORE_NAME, {}, "test", collection="featureViews")
+    assert listed["featureViews"][0]["name"].startswith(f"projects/{fake.project_number}/")
+    live = vertex(fake).describe()
+    assert live.name == VIEW
+    assert [f.component for f in live.features] == ["c1"]
+
+
+# Vertex: reads and writes ---------------------------------------------------------------------------------------
+
+
+def test_fetch_feature_values_maps_present_missing_and_expired(fake):
+    store = vertex(fake)
+    store.update(spec(ATM_IV, STRADDLE, GEX))
+    fake.serve(VIEW_NAME, ENTITY, {"atm_iv": (0.0, T0), "gamma_exposure": (4.25, T0 - timedelta(days=31))})
+    values = store.read([ENTITY, "BANKNIFTY_202611271015_3"], ["atm_iv", "straddle_premium", "gamma_exposure"], T0)
+    assert values[ENTITY]["atm_iv"].status == "present"
+    assert values[ENTITY]["atm_iv"].value == 0.0
+    assert values[ENTITY]["atm_iv"].event_time == T0
+    # The view returns an empty value for a feature the entity has none of: missing, not zero.
+    assert (values[ENTITY]["straddle_premium"].status, values[ENTITY]["straddle_premium"].value) == ("missing", None)
+    assert values[ENTITY]["gamma_exposure"].status == "expired"
+    # Bigtable online serving answers NOT_FOUND for an entity it does not hold.
+    assert {v.status for v in values["BANKNIFTY_202611271015_3"].values()} == {"missing"}
+    [fetch, *_] = fake.calls("FetchFeatureValues")
+    assert fetch.body["dataKey"] == {"key": ENTITY}
+    assert fetch.name == VIEW_NAME
+
+
+def test_reading_before_the_view_exists_says_what_to_do(fake):
+    with pytest.raises(PermanentStoreError, match="apply update_online_store first"):
+        vertex(fake).read([ENTITY], ["atm_iv"])
+
+
+def test_direct_writes_go_over_grpc_with_the_event_time(fake):
+    store = vertex(fake, transport="grpc")
+    store.update(spec(ATM_IV))
+    assert store.write([(ENTITY, T0, {"atm_iv": 3})]) == 1
+    [write] = fake.calls("FeatureViewDirectWrite")
+    assert write.transport == "grpc"
+    assert write.body["featureView"] == VIEW_NAME
+    [item] = write.body["dataKeyAndFeatureValues"]
+    assert item["dataKey"] == {"key": ENTITY}
+    assert item["features"] == [
+        {"name": "atm_iv", "value": {"doubleValue": 3.0, "metadata": {"generateTime": "2026-11-27T10:15:00Z"}}}
+    ]
+
+
+def test_writes_over_rest_explain_that_direct_write_needs_grpc(fake):
+    store = vertex(fake)
+    store.update(spec(ATM_IV))
+    with pytest.raises(PermanentStoreError, match="bidirectional gRPC stream") as raised:
+        store.write([(ENTITY, T0, {"atm_iv": 1.0})])
+    assert "cron sync" in str(raised.value)
+    assert fake.calls("FeatureViewDirectWrite") == []
+
+
+def test_writing_a_feature_the_view_does_not_serve_is_refused(fake):
+    store = vertex(fake, transport="grpc")
+    store.update(spec(ATM_IV))
+    with pytest.raises(PermanentStoreError, match="not served by the feature view"):
+        store.write([(ENTITY, T0, {"vwap_distance": 1.0})])
+
+
+# Vertex: errors -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_a_503_is_transient(fake, transport):
+    fake.fail(503)
+    with pytest.raises(TransientStoreError, match="currently unavailable"):
+        vertex(fake, transport=transport).update(spec(ATM_IV))
+    # The rerun resumes: nothing was created, the next attempt creates everything.
+    assert vertex(fake, transport=transport).update(spec(ATM_IV)).changed is True
+
+
+def test_a_429_is_transient(fake):
+    store = vertex(fake)
+    store.update(spec(ATM_IV))
+    fake.fail(429, method="FetchFeatureValues")
+    with pytest.raises(TransientStoreError, match="Quota exceeded"):
+        store.read([ENTITY], ["atm_iv"])
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_a_403_is_permanent_and_names_the_role(fake, transport):
+    fake.fail(403, method="CreateFeatureGroup")
+    with pytest.raises(PermanentStoreError, match=r"roles/aiplatform\.user") as raised:
+        vertex(fake, transport=transport).update(spec(ATM_IV))
+    assert "aiplatform.featureGroups.create" in str(raised.value)
+    assert raised.value.action == "grant roles/aiplatform.user"
+
+
+def test_other_errors_are_permanent_with_the_service_message(fake):
+    fake.fail(400, method="CreateFeatureView", message="Feature view sync config is invalid.")
+    with pytest.raises(PermanentStoreError, match="Feature view sync config is invalid"):
+        vertex(fake).update(spec(ATM_IV))
+
+
+def test_a_long_running_operation_is_waited_for_with_a_bound(fake):
+    fake.pending_operations = True
+    started = time.monotonic()
+    with pytest.raises(TransientStoreError, match=r"still running after 0\.5 s"):
+        vertex(fake, operation_timeout_seconds=0.5).update(spec(ATM_IV))
+    assert time.monotonic() - started < 10
+    assert fake.calls("GetOperation")
+
+
+def test_an_unreachable_endpoint_is_transient():
+    store = VertexOnlineStore(
+        environment=ENV,
+        project=PROJECT,
+        region=REGION,
+        options={"api_endpoint": "http://127.0.0.1:9", "transport": "rest", "request_timeout_seconds": 2},
+    )
+    with pytest.raises(TransientStoreError, match="cannot reach"):
+        store.describe()
+
+
+# Vertex: options -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"endpoint": "x"}, r"unknown vertex online_options \['endpoint'\]"),
+        ({"sync_cron": "every 15 minutes"}, "not a cron schedule"),
+        ({"transport": "http"}, "must be 'grpc' or 'rest'"),
+        ({"operation_timeout_seconds": 0}, "must be a positive number"),
+        ({"operation_timeout_seconds": "60"}, "must be a positive number"),
+    ],
+)
+def test_options_are_typed_and_unknown_keys_refused(options, message):
+    with pytest.raises(PermanentStoreError, match=message):
+        VertexOnlineStore(environment=ENV, project=PROJECT, region=REGION, options=options)
+
+
+def test_view_options_the_backend_cannot_honour_are_refused(fake):
+    other = OnlineViewSpec(VIEW, "instrument_minute", (ATM_IV,), {"id_template": "${symbol}:${dte}"})
+    with pytest.raises(PermanentStoreError, match="forms entity ids as"):
+        vertex(fake).update(other)
+    assert fake.requests == []
+
+
+# The online source view ------------------------------------------------------------------------------------------
+
+
+def test_the_online_source_view_forms_the_catalog_entity_id_and_keeps_the_ttl_window():
+    sql = online_source_view_sql(PROJECT, "market_regime_dev", "c1", [("atm_iv__v2", "atm_iv")], H48)
+    assert "FORMAT_TIMESTAMP('%Y%m%d%H%M', `ts_minute`, 'Asia/Kolkata')" in sql  # the catalog's id is in IST
+    connection = duckdb.connect()
+    connection.execute("SET TimeZone = 'UTC'")
+    connection.execute("CREATE SCHEMA market_regime_dev")
+    connection.execute(
+        "CREATE TABLE market_regime_dev.c1_features "
+        "(symbol VARCHAR, ts_minute TIMESTAMPTZ, dte BIGINT, atm_iv__v2 DOUBLE)"
+    )
+    recent = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+    connection.execute(
+        "INSERT INTO market_regime_dev.c1_features VALUES (?, ?, 3, 1.5), (?, ?, 3, 2.5)",
+        ["NIFTY", recent, "NIFTY", recent - timedelta(days=3)],
+    )
+    for statement in ddl.to_duckdb(sql):
+        connection.execute(statement)
+    rows = connection.execute("SELECT * FROM market_regime_dev.c1_features_online").fetchall()
+    assert rows == [(entity_id("NIFTY", recent, 3), recent, 1.5)]
