@@ -4,13 +4,16 @@ The vertex backend runs the real google-cloud-aiplatform v1 clients over real lo
 HTTP, and gRPC for direct writes) against tests/vertex_fake.py; nothing in the client library is mocked.
 """
 
+import os
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
 import pytest
+import redis
 
 from catalog.entity_ids import entity_id
 from provisioning import ddl
@@ -18,6 +21,7 @@ from provisioning.ddl import online_source_view_sql
 from provisioning.errors import PermanentStoreError, TransientStoreError
 from provisioning.online.base import OnlineFeature, OnlineStore, OnlineViewSpec
 from provisioning.online.local import LocalOnlineStore
+from provisioning.online.redis_store import RedisOnlineStore
 from provisioning.online.vertex import VertexOnlineStore
 from tests.vertex_fake import VertexFake
 
@@ -73,18 +77,36 @@ def local(tmp_path: Any) -> LocalOnlineStore:
     return LocalOnlineStore(environment=ENV, project=PROJECT, region=REGION, options={"path": str(tmp_path)})
 
 
-@pytest.fixture(params=["local", "vertex"])
+def redis_local(request: pytest.FixtureRequest) -> RedisOnlineStore:
+    """The embedded store on Redis (REDIS_URL set): a database of its own, emptied before and after."""
+    url = os.environ.get("FCC_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+    store = RedisOnlineStore(
+        environment=f"t{uuid.uuid4().hex[:8]}", project=PROJECT, region=REGION, options={"redis_url": url}
+    )
+    try:
+        store.client.ping()
+    except redis.ConnectionError:
+        pytest.skip(f"no Redis at {url}")
+    request.addfinalizer(lambda: [store.client.delete(k) for k in store.client.scan_iter(store.prefix + "*")])
+    return store
+
+
+@pytest.fixture(params=["local", "redis", "vertex"])
 def store(request: pytest.FixtureRequest, tmp_path: Any) -> OnlineStore:
     if request.param == "local":
         return local(tmp_path)
+    if request.param == "redis":
+        return redis_local(request)
     return vertex(request.getfixturevalue("fake"))
 
 
-@pytest.fixture(params=["local", "vertex-grpc"])
+@pytest.fixture(params=["local", "redis", "vertex-grpc"])
 def writable(request: pytest.FixtureRequest, tmp_path: Any) -> OnlineStore:
     """Stores that take direct writes: vertex does over gRPC only (FeatureViewDirectWrite is a stream)."""
     if request.param == "local":
         return local(tmp_path)
+    if request.param == "redis":
+        return redis_local(request)
     return vertex(request.getfixturevalue("fake"), transport="grpc")
 
 

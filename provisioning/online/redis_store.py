@@ -82,7 +82,8 @@ class RedisOnlineStore(OnlineStore):
         pipe = self.client.pipeline(transaction=False)
         for entity_id, event_time, values in rows:
             stamp = event_time.timestamp()
-            packed = json.dumps({name: [value, stamp] for name, value in values.items()})
+            # A null is no value: it never replaces one (as a sync from BigQuery behaves).
+            packed = json.dumps({name: [value, stamp] for name, value in values.items() if value is not None})
             self._merge(keys=[self.prefix + "e:" + entity_id], args=[packed, int(stamp + longest)], client=pipe)
         pipe.execute()
         return len(rows)
