@@ -15,12 +15,23 @@ def _flatten(detail: Any, path: str = "") -> list[dict[str, str]]:
     if isinstance(detail, dict):
         items: list[dict[str, str]] = []
         for key, value in detail.items():
-            sub = f"{path}.{key}" if path and key != "non_field_errors" else (path if key == "non_field_errors" else str(key))
+            sub = (
+                f"{path}.{key}"
+                if path and key != "non_field_errors"
+                else (path if key == "non_field_errors" else str(key))
+            )
             items.extend(_flatten(value, sub))
         return items
     if isinstance(detail, list):
         if all(isinstance(d, exceptions.ErrorDetail | str) for d in detail):
-            return [{"path": path or "request", "rule": getattr(d, "code", "invalid"), "detail": f"{path or 'request'}: {d}"} for d in detail]
+            return [
+                {
+                    "path": path or "request",
+                    "rule": getattr(d, "code", "invalid"),
+                    "detail": f"{path or 'request'}: {d}",
+                }
+                for d in detail
+            ]
         items = []
         for i, value in enumerate(detail):
             items.extend(_flatten(value, f"{path}[{i}]"))
@@ -28,8 +39,20 @@ def _flatten(detail: Any, path: str = "") -> list[dict[str, str]]:
     return [{"path": path or "request", "rule": getattr(detail, "code", "invalid"), "detail": str(detail)}]
 
 
+def _encodable(value: Any) -> Any:
+    """Error details may echo the input; an unpaired surrogate in it would make rendering the response fail."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {k: _encodable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encodable(v) for v in value]
+    return value
+
+
 def error_body(code: str, message: str, errors: list[dict[str, str]] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"code": code, "message": message, "errors": errors or [], **extra}
+    body: dict[str, Any] = _encodable({"code": code, "message": message, "errors": errors or [], **extra})
+    return body
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

@@ -12,7 +12,15 @@ class EnvironmentSerializer(serializers.ModelSerializer[Environment]):
 
     class Meta:
         model = Environment
-        fields = ["name", "gcp_project", "region", "bigquery_dataset", "revision", "breaking_approvals_required", "updated_at"]
+        fields = [
+            "name",
+            "gcp_project",
+            "region",
+            "bigquery_dataset",
+            "revision",
+            "breaking_approvals_required",
+            "updated_at",
+        ]
 
 
 class TeamMemberSerializer(serializers.Serializer[Any]):
@@ -51,8 +59,23 @@ class FeatureSerializer(serializers.ModelSerializer[Feature]):
     class Meta:
         model = Feature
         fields = [
-            "id", "environment", "component", "name", "dtype", "description", "ttl", "ttl_seconds", "online",
-            "source", "tags", "owner", "status", "version", "column_name", "bigquery_column", "updated_at",
+            "id",
+            "environment",
+            "component",
+            "name",
+            "dtype",
+            "description",
+            "ttl",
+            "ttl_seconds",
+            "online",
+            "source",
+            "tags",
+            "owner",
+            "status",
+            "version",
+            "column_name",
+            "bigquery_column",
+            "updated_at",
         ]
 
     def get_ttl(self, obj: Feature) -> str:
@@ -75,8 +98,19 @@ class AuditLogEntrySerializer(serializers.ModelSerializer[AuditLogEntry]):
     class Meta:
         model = AuditLogEntry
         fields = [
-            "id", "at", "actor_name", "action", "object_type", "object_id", "environment", "before", "after",
-            "request_id", "job_id", "prev_hash", "entry_hash",
+            "id",
+            "at",
+            "actor_name",
+            "action",
+            "object_type",
+            "object_id",
+            "environment",
+            "before",
+            "after",
+            "request_id",
+            "job_id",
+            "prev_hash",
+            "entry_hash",
         ]
 
 
@@ -112,8 +146,21 @@ class ChangeRequestSerializer(serializers.ModelSerializer[ChangeRequest]):
     class Meta:
         model = ChangeRequest
         fields = [
-            "id", "environment", "title", "author", "state", "components", "is_breaking", "base_revision",
-            "applied_revision", "plan_hash", "summary", "promoted_from", "superseded_by", "created_at", "updated_at",
+            "id",
+            "environment",
+            "title",
+            "author",
+            "state",
+            "components",
+            "is_breaking",
+            "base_revision",
+            "applied_revision",
+            "plan_hash",
+            "summary",
+            "promoted_from",
+            "superseded_by",
+            "created_at",
+            "updated_at",
         ]
 
     def get_summary(self, obj: ChangeRequest) -> dict[str, int]:
@@ -132,7 +179,16 @@ class ChangeRequestDetailSerializer(ChangeRequestSerializer):
     provisioning_runs = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
 
     class Meta(ChangeRequestSerializer.Meta):
-        fields = [*ChangeRequestSerializer.Meta.fields, "description", "failure_reason", "plan", "specs", "approvals", "review", "provisioning_runs"]
+        fields = [
+            *ChangeRequestSerializer.Meta.fields,
+            "description",
+            "failure_reason",
+            "plan",
+            "specs",
+            "approvals",
+            "review",
+            "provisioning_runs",
+        ]
 
     def get_review(self, obj: ChangeRequest) -> dict[str, Any]:
         """Whether the requesting user may review it, and what the approvals still lack."""
@@ -198,12 +254,22 @@ class ProvisioningRunSerializer(serializers.ModelSerializer[ProvisioningRun]):
     class Meta:
         model = ProvisioningRun
         fields = [
-            "id", "environment", "revision", "change_request", "state", "plan_hash", "attempts", "claimed_by",
-            "claimed_at", "heartbeat_at", "finished_at", "error", "created_at",
+            "id",
+            "environment",
+            "revision",
+            "change_request",
+            "state",
+            "plan_hash",
+            "attempts",
+            "claimed_by",
+            "claimed_at",
+            "heartbeat_at",
+            "finished_at",
+            "error",
+            "created_at",
         ]
 
 
 class ProvisioningRunDetailSerializer(ProvisioningRunSerializer):
     class Meta(ProvisioningRunSerializer.Meta):
         fields = [*ProvisioningRunSerializer.Meta.fields, "plan"]
-

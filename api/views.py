@@ -6,10 +6,11 @@ from django.db.models import Count, Prefetch, Q, QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from api import filters, serializers
+from api import filters, parsers, serializers
 from catalog import plans, services
 from catalog.models import Approval, AuditLogEntry, ChangeRequest, Component, Environment, Feature, FeatureVersion, Team
 from provisioning.models import ProvisioningRun
@@ -52,9 +53,13 @@ class FeatureViewSet(viewsets.ReadOnlyModelViewSet[Feature]):
     filterset_class = filters.FeatureFilter
 
     def get_queryset(self) -> QuerySet[Feature]:
-        queryset = Feature.objects.select_related("environment", "component", "owner").order_by("component_id", "name", "environment_id")
+        queryset = Feature.objects.select_related("environment", "component", "owner").order_by(
+            "component_id", "name", "environment_id"
+        )
         if self.action == "retrieve":
-            queryset = queryset.prefetch_related(Prefetch("versions", FeatureVersion.objects.select_related("created_by")))
+            queryset = queryset.prefetch_related(
+                Prefetch("versions", FeatureVersion.objects.select_related("created_by"))
+            )
         return queryset
 
     def get_serializer_class(self) -> type[serializers.FeatureSerializer]:
@@ -67,6 +72,7 @@ def _approvals_prefetch() -> Prefetch[Approval]:
 
 class ChangeRequestViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[ChangeRequest]):
     filterset_class = filters.ChangeRequestFilter
+    parser_classes = [parsers.BoundedJSONParser, FormParser, MultiPartParser]
 
     def get_queryset(self) -> QuerySet[ChangeRequest]:
         queryset = ChangeRequest.objects.select_related("environment", "author")
@@ -137,7 +143,9 @@ class ChangeRequestViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSe
     def reject(self, request: Request, pk: str) -> Response:
         data = serializers.RejectSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        cr = services.change_request_reject(user=request.user, change_request_id=int(pk), comment=data.validated_data["comment"])
+        cr = services.change_request_reject(
+            user=request.user, change_request_id=int(pk), comment=data.validated_data["comment"]
+        )
         return Response(self._detail(cr))
 
     @extend_schema(request=None, responses={200: serializers.ChangeRequestDetailSerializer})

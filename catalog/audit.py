@@ -64,7 +64,15 @@ def audit_chain_verify() -> tuple[int, list[str]]:
 
 
 @transaction.atomic
-def audit_refusal(*, actor: AbstractBaseUser | AnonymousUser | None, action: str, object_type: str, object_id: object, reason: str, environment: str = "") -> None:
+def audit_refusal(
+    *,
+    actor: AbstractBaseUser | AnonymousUser | None,
+    action: str,
+    object_type: str,
+    object_id: object,
+    reason: str,
+    environment: str = "",
+) -> None:
     audit_log_write(
         actor=actor,
         action=f"{action}.refused",

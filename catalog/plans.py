@@ -221,8 +221,16 @@ def compute_plan(
                 added_columns.append(_column(column, feature.dtype))
                 backfills.append({"component": spec.component, "feature": feature.name, "column": column})
             elif any(f["field"] == "dtype" for f in fields):
-                widened.append({"name": column, "old": rules.DTYPES[old_state.dtype].bigquery, "new": rules.DTYPES[feature.dtype].bigquery})
-            if any(f["field"] == "online" for f in fields) or (feature.online and any(f["field"] in ("dtype", "ttl") for f in fields)):
+                widened.append(
+                    {
+                        "name": column,
+                        "old": rules.DTYPES[old_state.dtype].bigquery,
+                        "new": rules.DTYPES[feature.dtype].bigquery,
+                    }
+                )
+            if any(f["field"] == "online" for f in fields) or (
+                feature.online and any(f["field"] in ("dtype", "ttl") for f in fields)
+            ):
                 online_changed = True
             changes.append(
                 {
@@ -256,16 +264,22 @@ def compute_plan(
                 online_changed = online_changed or old.online
 
         table = f"{spec.component}_features"
-        touched = len(changes) > component_changes_start or any(c["component"] == spec.component for c in component_changes)
+        touched = len(changes) > component_changes_start or any(
+            c["component"] == spec.component for c in component_changes
+        )
         if not current.table_exists and spec.features:
             table_steps.append({"kind": "create_table", "component": spec.component, "table": table})
             view_changed = True
         elif current.table_exists:
             if added_columns:
-                table_steps.append({"kind": "add_columns", "component": spec.component, "table": table, "columns": added_columns})
+                table_steps.append(
+                    {"kind": "add_columns", "component": spec.component, "table": table, "columns": added_columns}
+                )
                 view_changed = True
             if widened:
-                table_steps.append({"kind": "widen_columns", "component": spec.component, "table": table, "columns": widened})
+                table_steps.append(
+                    {"kind": "widen_columns", "component": spec.component, "table": table, "columns": widened}
+                )
                 view_changed = True
             if touched:
                 table_steps.append({"kind": "update_table_metadata", "component": spec.component, "table": table})
@@ -305,6 +319,14 @@ def compute_plan(
 def plan_hash(plan: Mapping[str, Any]) -> str:
     """A stable hash of what a plan does (cost estimates excluded: prices may change, the plan does not)."""
     material = {k: v for k, v in plan.items() if k != "cost"}
+    # The order of features in a spec says nothing about what the plan does: hash a canonical order.
+    material["changes"] = sorted(plan["changes"], key=lambda c: (c["component"], c["feature"], c["action"]))
+    steps = []
+    for step in plan["steps"]:
+        if "columns" in step:
+            step = {**step, "columns": sorted(step["columns"], key=lambda c: c["name"])}
+        steps.append(step)
+    material["steps"] = sorted(steps, key=lambda s: (s["kind"] == "schedule_backfill", s.get("feature", "")))
     return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -316,9 +338,15 @@ def plan_text(plan: Mapping[str, Any]) -> str:
         lines.append("  No changes. The environment already matches these specs.")
         return "\n".join(lines)
     for change in plan["component_changes"]:
-        lines.append(f"  ~ component {change['component']}: {change['field']}: {change['old']} -> {change['new']} [{change['classification']}]")
+        lines.append(
+            f"  ~ component {change['component']}: {change['field']}: {change['old']} -> {change['new']} "
+            f"[{change['classification']}]"
+        )
     for change in plan["changes"]:
-        lines.append(f"  {marks[change['action']]} {change['component']}.{change['feature']} ({change['action']}, {change['classification']})")
+        lines.append(
+            f"  {marks[change['action']]} {change['component']}.{change['feature']} "
+            f"({change['action']}, {change['classification']})"
+        )
         if change["action"] != "create":
             for f in change["fields"]:
                 lines.append(f"      {f['field']}: {json.dumps(f['old'])} -> {json.dumps(f['new'])}")
@@ -336,6 +364,7 @@ def plan_text(plan: Mapping[str, Any]) -> str:
     if cost:
         lines.append(
             f"  Cost: +${cost['storage_usd_per_month']:.2f}/month storage, "
-            f"${cost['backfill_scan_usd']:.2f} one-off backfill scan, +${cost['online_usd_per_month']:.2f}/month online serving."
+            f"${cost['backfill_scan_usd']:.2f} one-off backfill scan, "
+            f"+${cost['online_usd_per_month']:.2f}/month online serving."
         )
     return "\n".join(lines)

@@ -64,7 +64,10 @@ def can_submit(user: Any, component_keys: Iterable[str], environment_id: int) ->
     mine = team_slugs(user)
     missing = sorted(key for key, team in owners.items() if team not in mine)
     if missing:
-        return False, f"only the registrar, an admin or members of the owning teams may submit changes to {', '.join(missing)}"
+        return (
+            False,
+            f"only the registrar, an admin or members of the owning teams may submit changes to {', '.join(missing)}",
+        )
     return True, ""
 
 
@@ -91,11 +94,17 @@ def approvals_missing(change_request: ChangeRequest, approver_ids: set[int]) -> 
     missing = []
     required = change_request.environment.breaking_approvals_required if change_request.is_breaking else 1
     if len(approver_ids) < required:
-        missing.append(f"{required} distinct approvers (breaking change in {change_request.environment.name}); have {len(approver_ids)}")
+        if change_request.is_breaking:
+            environment, have = change_request.environment.name, len(approver_ids)
+            missing.append(f"{required} distinct approvers (breaking change in {environment}); have {have}")
+        else:
+            missing.append("an approval")
     owners = owning_teams(change_request.environment_id, change_request.components)
     user_model = get_user_model()
     member_teams = set(
-        Team.objects.filter(memberships__user__in=user_model.objects.filter(pk__in=approver_ids)).values_list("slug", flat=True)
+        Team.objects.filter(memberships__user__in=user_model.objects.filter(pk__in=approver_ids)).values_list(
+            "slug", flat=True
+        )
     )
     for component, team in sorted(owners.items()):
         if team not in member_teams:

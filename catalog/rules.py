@@ -74,7 +74,10 @@ def ttl_parse(text: str) -> int | None:
 
 
 def ttl_format(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+    """172800 -> `48h`, 2592000 -> `30d`: days from three days up, as people write TTLs."""
+    if seconds % 86400 == 0 and seconds >= 3 * 86400:
+        return f"{seconds // 86400}d"
+    for unit, size in (("h", 3600), ("m", 60)):
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     raise ValueError(f"TTL of {seconds} s is not a whole number of minutes")

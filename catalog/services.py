@@ -1,6 +1,7 @@
 """Governance writes. Each runs in one transaction, validates, writes audit rows and enqueues work on commit."""
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,23 @@ def environment_get(name: str) -> Environment:
         known = ", ".join(Environment.objects.values_list("name", flat=True))
         raise NotFound(
             f"environment {name!r} does not exist",
-            problems=[Problem("environment", "unknown_environment", f"environment {name!r} does not exist; known: {known}")],
+            problems=[
+                Problem("environment", "unknown_environment", f"environment {name!r} does not exist; known: {known}")
+            ],
         ) from None
+
+
+_COMPONENT_KEY = re.compile(r"[a-z][a-z0-9_]{0,15}")
+
+
+def _component_keys(payload: Any) -> set[str]:
+    """The well-formed component keys a payload names. Validation reports the others; they must not reach a
+    query (a NUL or an unpaired surrogate makes the database driver raise)."""
+    raw_specs = payload.get("specs") if isinstance(payload, dict) else None
+    if not isinstance(raw_specs, list):
+        return set()
+    keys = (s.get("component") for s in raw_specs if isinstance(s, dict))
+    return {k for k in keys if isinstance(k, str) and _COMPONENT_KEY.fullmatch(k)}
 
 
 def _catalog_context(environment: Environment, replacing: set[str]) -> CatalogContext:
@@ -99,13 +115,25 @@ def _environment_state(environment: Environment, keys: set[str]) -> dict[str, pl
     features: dict[str, list[plans.FeatureState]] = {key: [] for key in keys}
     owners = roles.owning_teams(environment.pk, keys)
     rows = Feature.objects.filter(environment=environment, component__key__in=keys).values_list(
-        "component__key", "name", "dtype", "description", "ttl_seconds", "online", "source", "tags",
-        "owner__slug", "status", "version", "column_name",
+        "component__key",
+        "name",
+        "dtype",
+        "description",
+        "ttl_seconds",
+        "online",
+        "source",
+        "tags",
+        "owner__slug",
+        "status",
+        "version",
+        "column_name",
     )
     for component, *fields in rows:
         name, dtype, description, ttl, online, source, tags, owner, status, version, column = fields
         features[component].append(
-            plans.FeatureState(name, dtype, description, ttl, online, source, tuple(tags), owner, status, version, column)
+            plans.FeatureState(
+                name, dtype, description, ttl, online, source, tuple(tags), owner, status, version, column
+            )
         )
     return {
         key: plans.ComponentState(key=key, owner=owners.get(key, ""), table_exists=bool(items), features=tuple(items))
@@ -115,11 +143,12 @@ def _environment_state(environment: Environment, keys: set[str]) -> dict[str, pl
 
 def change_request_plan(*, environment: Environment, payload: Any) -> PlanResult:
     """Validates the specs and plans them against the environment's applied state. Writes nothing."""
-    raw_specs = payload.get("specs") if isinstance(payload, dict) else None
-    replacing = {s["component"] for s in raw_specs or [] if isinstance(s, dict) and isinstance(s.get("component"), str)}
+    replacing = _component_keys(payload)
     specs, problems = validate_submission(payload, _catalog_context(environment, replacing))
     if problems:
-        raise SpecValidationError(f"{len(problems)} problem(s) in the submitted specs; nothing was written", problems=problems)
+        raise SpecValidationError(
+            f"{len(problems)} problem(s) in the submitted specs; nothing was written", problems=problems
+        )
     keys = {s.component for s in specs}
     online_elsewhere = list(
         Feature.objects.filter(environment=environment, online=True, status=Feature.Status.ACTIVE)
@@ -161,11 +190,17 @@ def change_request_submit(
     promoted_from: ChangeRequest | None = None,
 ) -> SubmitResult:
     environment = environment_get(environment_name)
-    raw_specs = payload.get("specs") if isinstance(payload, dict) else None
-    keys = sorted({s["component"] for s in raw_specs or [] if isinstance(s, dict) and isinstance(s.get("component"), str)})
+    keys = sorted(_component_keys(payload))
     allowed, reason = roles.can_submit(user, keys, environment.pk)
     if not allowed:
-        audit_refusal(actor=user, action="change_request.submit", object_type="environment", object_id=environment.name, reason=reason, environment=environment.name)
+        audit_refusal(
+            actor=user,
+            action="change_request.submit",
+            object_type="environment",
+            object_id=environment.name,
+            reason=reason,
+            environment=environment.name,
+        )
         raise PermissionDenied(reason)
     with transaction.atomic():
         environment = Environment.objects.select_for_update().get(pk=environment.pk)
@@ -185,16 +220,34 @@ def change_request_submit(
             is_breaking=bool(result.plan["is_breaking"]),
             promoted_from=promoted_from,
         )
-        audit_log_write(actor=user, action="change_request.submit", object_type="change_request", object_id=cr.pk, environment=environment.name, after=_cr_snapshot(cr))
+        audit_log_write(
+            actor=user,
+            action="change_request.submit",
+            object_type="change_request",
+            object_id=cr.pk,
+            environment=environment.name,
+            after=_cr_snapshot(cr),
+        )
         if supersedes_id is not None:
             older = ChangeRequest.objects.select_for_update().filter(pk=supersedes_id, environment=environment).first()
             if older is None or older.state != ChangeRequest.State.PROPOSED:
-                raise Conflict(f"change request {supersedes_id} is not a proposed change request in {environment.name}; it cannot be superseded")
+                raise Conflict(
+                    f"change request {supersedes_id} is not a proposed change request in {environment.name}; "
+                    "it cannot be superseded"
+                )
             before = _cr_snapshot(older)
             older.state = ChangeRequest.State.SUPERSEDED
             older.superseded_by = cr
             older.save(update_fields=["state", "superseded_by", "updated_at"])
-            audit_log_write(actor=user, action="change_request.supersede", object_type="change_request", object_id=older.pk, environment=environment.name, before=before, after=_cr_snapshot(older))
+            audit_log_write(
+                actor=user,
+                action="change_request.supersede",
+                object_type="change_request",
+                object_id=older.pk,
+                environment=environment.name,
+                before=before,
+                after=_cr_snapshot(older),
+            )
     logger.info("change request submitted", extra={"change_request": cr.pk, "environment": environment.name})
     return SubmitResult(change_request=cr, plan=result.plan)
 
@@ -212,11 +265,20 @@ def _review_check(user: Any, change_request_id: int, action: str) -> None:
         raise NotFound(f"change request {change_request_id} does not exist")
     allowed, reason = roles.can_review(user, cr)
     if not allowed:
-        audit_refusal(actor=user, action=action, object_type="change_request", object_id=cr.pk, reason=reason, environment=cr.environment.name)
+        audit_refusal(
+            actor=user,
+            action=action,
+            object_type="change_request",
+            object_id=cr.pk,
+            reason=reason,
+            environment=cr.environment.name,
+        )
         raise PermissionDenied(reason)
 
 
-def change_request_approve(*, user: Any, change_request_id: int, comment: str = "", plan_hash: str | None = None) -> tuple[ChangeRequest, list[str]]:
+def change_request_approve(
+    *, user: Any, change_request_id: int, comment: str = "", plan_hash: str | None = None
+) -> tuple[ChangeRequest, list[str]]:
     """Records an approval of the exact plan; once the approvals suffice, applies it to the catalog.
 
     Returns the change request and what approvals are still missing (empty once applied). Refused with 409
@@ -234,23 +296,45 @@ def change_request_approve(*, user: Any, change_request_id: int, comment: str = 
                 raise Conflict("the plan changed since you reviewed it; review the current plan and approve again")
             if environment.revision != cr.base_revision:
                 raise Conflict(
-                    f"{environment.name} moved from revision {cr.base_revision} to {environment.revision} since this plan "
+                    f"{environment.name} moved from revision {cr.base_revision} to {environment.revision} "
+                    "since this plan "
                     "was computed; re-plan the change request and review it again",
                     extra={"base_revision": cr.base_revision, "current_revision": environment.revision},
                 )
             if Approval.objects.filter(change_request=cr, user=user, plan_hash=cr.plan_hash).exists():
                 raise Conflict("you already reviewed this plan")
-            approval = Approval.objects.create(change_request=cr, user=user, decision=Approval.Decision.APPROVE, comment=comment, plan_hash=cr.plan_hash)
-            audit_log_write(actor=user, action="change_request.approve", object_type="change_request", object_id=cr.pk, environment=environment.name, after={"approval": approval.pk, "comment": comment, "plan_hash": cr.plan_hash})
+            approval = Approval.objects.create(
+                change_request=cr,
+                user=user,
+                decision=Approval.Decision.APPROVE,
+                comment=comment,
+                plan_hash=cr.plan_hash,
+            )
+            audit_log_write(
+                actor=user,
+                action="change_request.approve",
+                object_type="change_request",
+                object_id=cr.pk,
+                environment=environment.name,
+                after={"approval": approval.pk, "comment": comment, "plan_hash": cr.plan_hash},
+            )
             approvers = set(
-                cr.approvals.filter(decision=Approval.Decision.APPROVE, plan_hash=cr.plan_hash).values_list("user_id", flat=True)
+                cr.approvals.filter(decision=Approval.Decision.APPROVE, plan_hash=cr.plan_hash).values_list(
+                    "user_id", flat=True
+                )
             )
             missing = roles.approvals_missing(cr, approvers)
             if not missing:
                 _apply_approved(cr, environment, user)
             return cr, missing
     except Conflict as error:
-        audit_refusal(actor=user, action="change_request.approve", object_type="change_request", object_id=change_request_id, reason=error.message)
+        audit_refusal(
+            actor=user,
+            action="change_request.approve",
+            object_type="change_request",
+            object_id=change_request_id,
+            reason=error.message,
+        )
         raise
 
 
@@ -260,7 +344,15 @@ def _apply_approved(cr: ChangeRequest, environment: Environment, user: Any) -> N
     cr.state = ChangeRequest.State.APPROVED
     cr.applied_revision = revision
     cr.save(update_fields=["state", "applied_revision", "updated_at"])
-    audit_log_write(actor=user, action="change_request.approved", object_type="change_request", object_id=cr.pk, environment=environment.name, before=before, after=_cr_snapshot(cr))
+    audit_log_write(
+        actor=user,
+        action="change_request.approved",
+        object_type="change_request",
+        object_id=cr.pk,
+        environment=environment.name,
+        before=before,
+        after=_cr_snapshot(cr),
+    )
 
 
 def change_request_reject(*, user: Any, change_request_id: int, comment: str) -> ChangeRequest:
@@ -272,10 +364,20 @@ def change_request_reject(*, user: Any, change_request_id: int, comment: str) ->
         if Approval.objects.filter(change_request=cr, user=user, plan_hash=cr.plan_hash).exists():
             raise Conflict("you already reviewed this plan")
         before = _cr_snapshot(cr)
-        Approval.objects.create(change_request=cr, user=user, decision=Approval.Decision.REJECT, comment=comment, plan_hash=cr.plan_hash)
+        Approval.objects.create(
+            change_request=cr, user=user, decision=Approval.Decision.REJECT, comment=comment, plan_hash=cr.plan_hash
+        )
         cr.state = ChangeRequest.State.REJECTED
         cr.save(update_fields=["state", "updated_at"])
-        audit_log_write(actor=user, action="change_request.reject", object_type="change_request", object_id=cr.pk, environment=cr.environment.name, before=before, after={**_cr_snapshot(cr), "comment": comment})
+        audit_log_write(
+            actor=user,
+            action="change_request.reject",
+            object_type="change_request",
+            object_id=cr.pk,
+            environment=cr.environment.name,
+            before=before,
+            after={**_cr_snapshot(cr), "comment": comment},
+        )
     return cr
 
 
@@ -296,7 +398,15 @@ def change_request_replan(*, user: Any, change_request_id: int) -> ChangeRequest
         cr.base_revision = environment.revision
         cr.is_breaking = bool(result.plan["is_breaking"])
         cr.save(update_fields=["plan", "plan_hash", "base_revision", "is_breaking", "updated_at"])
-        audit_log_write(actor=user, action="change_request.replan", object_type="change_request", object_id=cr.pk, environment=environment.name, before=before, after=_cr_snapshot(cr))
+        audit_log_write(
+            actor=user,
+            action="change_request.replan",
+            object_type="change_request",
+            object_id=cr.pk,
+            environment=environment.name,
+            before=before,
+            after=_cr_snapshot(cr),
+        )
     return cr
 
 
@@ -323,17 +433,24 @@ def change_request_promote(*, user: Any, change_request_id: int, target_environm
     )
 
 
-def plan_apply(*, environment: Environment, plan: dict[str, Any], plan_hash: str, change_request: ChangeRequest | None, actor: Any) -> int:
+def plan_apply(
+    *, environment: Environment, plan: dict[str, Any], plan_hash: str, change_request: ChangeRequest | None, actor: Any
+) -> int:
     """Applies a plan to the environment's catalog state and moves its revision. Caller holds the env lock."""
     from provisioning.services import provisioning_run_queue
 
     if plan["base_revision"] != environment.revision:
-        raise Conflict(f"{environment.name} is at revision {environment.revision}, the plan was computed against {plan['base_revision']}")
+        raise Conflict(
+            f"{environment.name} is at revision {environment.revision}, "
+            f"the plan was computed against {plan['base_revision']}"
+        )
     components = {c.key: c for c in Component.objects.filter(key__in=plan["components"])}
     teams = {t.slug: t for t in Team.objects.all()}
     features = {
         f.name: f
-        for f in Feature.objects.select_for_update().filter(environment=environment, component__key__in=plan["components"])
+        for f in Feature.objects.select_for_update().filter(
+            environment=environment, component__key__in=plan["components"]
+        )
     }
     audits: list[dict[str, Any]] = []
     versions: list[FeatureVersion] = []
@@ -344,7 +461,14 @@ def plan_apply(*, environment: Environment, plan: dict[str, Any], plan_hash: str
             feature = features[change["feature"]]
             feature.status = Feature.Status.DEPRECATED
             feature.save(update_fields=["status", "updated_at"])
-            audits.append({"action": "feature.deprecate", "object_id": feature.pk, "before": {"status": "active"}, "after": {"status": "deprecated"}})
+            audits.append(
+                {
+                    "action": "feature.deprecate",
+                    "object_id": feature.pk,
+                    "before": {"status": "active"},
+                    "after": {"status": "deprecated"},
+                }
+            )
             continue
         existing = features.get(change.get("renamed_from") or change["feature"])
         before = _feature_snapshot(existing) if existing else None
@@ -373,25 +497,68 @@ def plan_apply(*, environment: Environment, plan: dict[str, Any], plan_hash: str
                     created_by=actor if getattr(actor, "is_authenticated", False) else None,
                 )
             )
-        audits.append({"action": f"feature.{action}", "object_id": feature.pk, "before": before, "after": _feature_snapshot(feature)})
+        audits.append(
+            {
+                "action": f"feature.{action}",
+                "object_id": feature.pk,
+                "before": before,
+                "after": _feature_snapshot(feature),
+            }
+        )
     for change in plan["component_changes"]:
         if change["field"] == "owner":
-            Feature.objects.filter(environment=environment, component__key=change["component"]).update(owner=teams[change["new"]])
-            audits.append({"action": "component.owner", "object_type": "component", "object_id": change["component"], "before": {"owner": change["old"]}, "after": {"owner": change["new"]}})
+            Feature.objects.filter(environment=environment, component__key=change["component"]).update(
+                owner=teams[change["new"]]
+            )
+            audits.append(
+                {
+                    "action": "component.owner",
+                    "object_type": "component",
+                    "object_id": change["component"],
+                    "before": {"owner": change["old"]},
+                    "after": {"owner": change["new"]},
+                }
+            )
     FeatureVersion.objects.bulk_create(versions)
 
-    updated = Environment.objects.filter(pk=environment.pk, revision=environment.revision).update(revision=environment.revision + 1, updated_at=timezone.now())
+    updated = Environment.objects.filter(pk=environment.pk, revision=environment.revision).update(
+        revision=environment.revision + 1, updated_at=timezone.now()
+    )
     if updated != 1:
         raise Conflict(f"{environment.name} moved while this plan was being applied; re-plan")
     environment.revision += 1
-    AppliedRevision.objects.create(environment=environment, revision=environment.revision, change_request=change_request, plan_hash=plan_hash, applied_by=actor if getattr(actor, "is_authenticated", False) else None)
+    AppliedRevision.objects.create(
+        environment=environment,
+        revision=environment.revision,
+        change_request=change_request,
+        plan_hash=plan_hash,
+        applied_by=actor if getattr(actor, "is_authenticated", False) else None,
+    )
     audit_log_write_many(
         actor=actor,
         environment=environment.name,
         entries=[{"object_type": "feature", **a} for a in audits]
-        + [{"action": "environment.revision", "object_type": "environment", "object_id": environment.name, "before": {"revision": environment.revision - 1}, "after": {"revision": environment.revision, "plan_hash": plan_hash, "change_request": change_request.pk if change_request else None}}],
+        + [
+            {
+                "action": "environment.revision",
+                "object_type": "environment",
+                "object_id": environment.name,
+                "before": {"revision": environment.revision - 1},
+                "after": {
+                    "revision": environment.revision,
+                    "plan_hash": plan_hash,
+                    "change_request": change_request.pk if change_request else None,
+                },
+            }
+        ],
     )
-    provisioning_run_queue(environment=environment, change_request=change_request, plan=plan, plan_hash=plan_hash, revision=environment.revision)
+    provisioning_run_queue(
+        environment=environment,
+        change_request=change_request,
+        plan=plan,
+        plan_hash=plan_hash,
+        revision=environment.revision,
+    )
     return environment.revision
 
 
@@ -423,5 +590,7 @@ def catalog_load(*, specs_dir: Path, environment_names: list[str]) -> dict[str, 
             if result.plan["is_empty"]:
                 results[name] = None
                 continue
-            results[name] = plan_apply(environment=environment, plan=result.plan, plan_hash=result.plan_hash, change_request=None, actor=None)
+            results[name] = plan_apply(
+                environment=environment, plan=result.plan, plan_hash=result.plan_hash, change_request=None, actor=None
+            )
     return results

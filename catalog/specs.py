@@ -30,11 +30,11 @@ FEATURE_SCHEMA: dict[str, Any] = {
         "description": {"type": "string", "maxLength": 1024},
         "ttl": {"type": "string", "maxLength": 16},
         "online": {"type": "boolean"},
-        "source": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"^[A-Za-z][A-Za-z0-9_.:/-]*$"},
+        "source": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"^[A-Za-z][A-Za-z0-9_.:/-]*\Z"},
         "tags": {
             "type": "array",
             "maxItems": 16,
-            "items": {"type": "string", "pattern": r"^[a-z][a-z0-9_-]*$", "maxLength": 64},
+            "items": {"type": "string", "pattern": r"^[a-z][a-z0-9_-]*\Z", "maxLength": 64},
         },
     },
 }
@@ -46,7 +46,7 @@ SPEC_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["component", "entity_type", "owner", "features"],
     "properties": {
-        "component": {"type": "string", "pattern": r"^[a-z][a-z0-9_]{0,15}$"},
+        "component": {"type": "string", "pattern": r"^[a-z][a-z0-9_]{0,15}\Z"},
         "title": {"type": "string", "maxLength": 200},
         "entity_type": {"type": "string", "maxLength": 64},
         "owner": {"type": "string", "maxLength": 63},
@@ -178,15 +178,17 @@ def _name_problems(path: str, name: str, key_columns: Iterable[str]) -> list[Pro
     problems = []
     if len(name) > rules.NAME_MAX_LENGTH:
         return []  # reported by the schema
-    if not rules.NAME_PATTERN.match(name):
+    # BigQuery's reserved prefixes all start with `_`, which the pattern refuses too: say which rule it is.
+    if name.lower().startswith(rules.BIGQUERY_RESERVED_PREFIXES):
+        problems.append(Problem(path, "reserved_prefix", f"name {name!r} starts with a prefix BigQuery reserves"))
+    # fullmatch: `$` would also accept a trailing newline.
+    if not rules.NAME_PATTERN.fullmatch(name):
         problems.append(
             Problem(path, "pattern", f"name {name!r} must be snake_case: ^[a-z][a-z0-9_]*$ (lowercase, digits, _)")
         )
         return problems
     if name in rules.BIGQUERY_RESERVED_WORDS:
         problems.append(Problem(path, "reserved_word", f"name {name!r} is a BigQuery reserved word"))
-    if name.startswith(rules.BIGQUERY_RESERVED_PREFIXES):
-        problems.append(Problem(path, "reserved_prefix", f"name {name!r} starts with a prefix BigQuery reserves"))
     if name in key_columns or name in rules.RESERVED_COLUMN_NAMES:
         problems.append(Problem(path, "key_column_clash", f"name {name!r} is a key or reserved column of the table"))
     if rules.VERSION_SUFFIX.search(name):
@@ -194,14 +196,45 @@ def _name_problems(path: str, name: str, key_columns: Iterable[str]) -> list[Pro
     return problems
 
 
+# NUL cannot be stored by PostgreSQL (text or jsonb); an unpaired surrogate cannot be encoded as UTF-8.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _character_problems(payload: Any) -> list[Problem]:
+    """Every string (or field name) in the payload holding a character no store can keep. Iterative: the
+    payload may be nested deeply."""
+    detail = "holds a NUL character or an unpaired surrogate, which cannot be stored"
+    problems = []
+    stack: list[tuple[str, Any]] = [("", payload)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if _UNSTORABLE.search(str(key)):
+                    problems.append(Problem(_join(path, ascii(str(key))), "invalid_characters", f"field name {detail}"))
+                else:
+                    stack.append((_join(path, str(key)), item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, str) and _UNSTORABLE.search(value):
+            problems.append(Problem(path or "submission", "invalid_characters", f"{path or 'submission'} {detail}"))
+    return sorted(problems, key=lambda p: p.path)
+
+
 def validate_submission(payload: Any, context: CatalogContext) -> tuple[list[ComponentSpec], list[Problem]]:
     """Returns the normalised specs, or every problem found. Never partially valid: problems mean no specs."""
+    # Reported alone: other problems' paths and details would repeat the unstorable text.
+    problems = _character_problems(payload)
+    if problems:
+        return [], problems
     problems = _schema_problems(payload)
     if not isinstance(payload, dict) or not isinstance(payload.get("specs"), list):
         return [], problems
 
     raw_specs: list[Any] = payload["specs"]
-    component_counts = Counter(s.get("component") for s in raw_specs if isinstance(s, dict))
+    component_counts = Counter(
+        s["component"] for s in raw_specs if isinstance(s, dict) and isinstance(s.get("component"), str)
+    )
     names_seen: dict[str, str] = {}
     sources_seen: dict[str, str] = {}
     total_columns = context.other_component_columns
@@ -215,15 +248,25 @@ def validate_submission(payload: Any, context: CatalogContext) -> tuple[list[Com
         if isinstance(component, str):
             if component not in context.components:
                 known = ", ".join(sorted(context.components))
-                problems.append(Problem(f"{base}.component", "unknown_component", f"component {component!r} does not exist; known: {known}"))
+                problems.append(
+                    Problem(
+                        f"{base}.component",
+                        "unknown_component",
+                        f"component {component!r} does not exist; known: {known}",
+                    )
+                )
             elif component_counts[component] > 1:
                 problems.append(
-                    Problem(f"{base}.component", "duplicate_component", f"component {component!r} appears more than once")
+                    Problem(
+                        f"{base}.component", "duplicate_component", f"component {component!r} appears more than once"
+                    )
                 )
         entity_type = raw.get("entity_type")
         if isinstance(entity_type, str):
             if entity_type not in context.entity_types:
-                problems.append(Problem(f"{base}.entity_type", "unknown_entity_type", f"entity type {entity_type!r} does not exist"))
+                problems.append(
+                    Problem(f"{base}.entity_type", "unknown_entity_type", f"entity type {entity_type!r} does not exist")
+                )
             elif isinstance(component, str) and context.components.get(component, entity_type) != entity_type:
                 problems.append(
                     Problem(
@@ -267,11 +310,19 @@ def validate_submission(payload: Any, context: CatalogContext) -> tuple[list[Com
             if isinstance(source, str):
                 if source in sources_seen:
                     problems.append(
-                        Problem(f"{fpath}.source", "duplicate_source", f"source {source!r} is also mapped at {sources_seen[source]}")
+                        Problem(
+                            f"{fpath}.source",
+                            "duplicate_source",
+                            f"source {source!r} is also mapped at {sources_seen[source]}",
+                        )
                     )
                 elif source in context.other_sources:
                     problems.append(
-                        Problem(f"{fpath}.source", "duplicate_source", f"source {source!r} is already mapped to {context.other_sources[source]}")
+                        Problem(
+                            f"{fpath}.source",
+                            "duplicate_source",
+                            f"source {source!r} is already mapped to {context.other_sources[source]}",
+                        )
                     )
                 else:
                     sources_seen[source] = f"{fpath}.source"
@@ -280,7 +331,13 @@ def validate_submission(payload: Any, context: CatalogContext) -> tuple[list[Com
             if isinstance(ttl, str):
                 ttl_seconds = rules.ttl_parse(ttl)
                 if ttl_seconds is None:
-                    problems.append(Problem(f"{fpath}.ttl", "ttl_format", f"ttl {ttl!r} must be a number and a unit m, h or d, like 48h or 30d"))
+                    problems.append(
+                        Problem(
+                            f"{fpath}.ttl",
+                            "ttl_format",
+                            f"ttl {ttl!r} must be a number and a unit m, h or d, like 48h or 30d",
+                        )
+                    )
                 elif not rules.TTL_MIN_SECONDS <= ttl_seconds <= rules.TTL_MAX_SECONDS:
                     problems.append(Problem(f"{fpath}.ttl", "ttl_range", f"ttl {ttl!r} must be between 1m and 365d"))
             if isinstance(name, str) and isinstance(ttl_seconds, int) and isinstance(source, str):
@@ -300,7 +357,11 @@ def validate_submission(payload: Any, context: CatalogContext) -> tuple[list[Com
         total_columns += len(features_raw) + context.retained_columns.get(str(component), 0)
         if columns > rules.BIGQUERY_MAX_COLUMNS:
             problems.append(
-                Problem(f"{base}.features", "column_limit", f"the table would have {columns} columns; BigQuery allows {rules.BIGQUERY_MAX_COLUMNS}")
+                Problem(
+                    f"{base}.features",
+                    "column_limit",
+                    f"the table would have {columns} columns; BigQuery allows {rules.BIGQUERY_MAX_COLUMNS}",
+                )
             )
         if isinstance(component, str) and isinstance(entity_type, str) and isinstance(owner, str):
             specs.append(
