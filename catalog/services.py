@@ -454,6 +454,7 @@ def plan_apply(
     }
     audits: list[dict[str, Any]] = []
     versions: list[FeatureVersion] = []
+    applied: list[tuple[Feature, dict[str, Any], dict[str, Any] | None]] = []
     for change in plan["changes"]:
         definition = change["definition"]
         action = change["action"]
@@ -484,7 +485,12 @@ def plan_apply(
         feature.status = Feature.Status.ACTIVE
         feature.version = change["version"]["new"]
         feature.column_name = change["column"]
-        feature.save()
+        if existing is not None:
+            feature.save()
+        applied.append((feature, change, before))
+    # A catalog load creates hundreds of features: one INSERT for all of them.
+    Feature.objects.bulk_create([f for f, _, _ in applied if f.pk is None], batch_size=500)
+    for feature, change, before in applied:
         if change["version"]["new"] != change["version"]["old"]:
             versions.append(
                 FeatureVersion(
@@ -492,14 +498,14 @@ def plan_apply(
                     version=feature.version,
                     dtype=feature.dtype,
                     column_name=feature.column_name,
-                    definition=definition,
+                    definition=change["definition"],
                     change_request=change_request,
                     created_by=actor if getattr(actor, "is_authenticated", False) else None,
                 )
             )
         audits.append(
             {
-                "action": f"feature.{action}",
+                "action": f"feature.{change['action']}",
                 "object_id": feature.pk,
                 "before": before,
                 "after": _feature_snapshot(feature),
