@@ -2,13 +2,18 @@ import django_filters
 from django.db.models import Q, QuerySet
 
 from catalog import rules
-from catalog.models import AuditLogEntry, ChangeRequest, Feature
+from catalog.models import AuditLogEntry, ChangeRequest, Component, Environment, Feature
 from provisioning.models import ProvisioningRun
 
 
 class FeatureFilter(django_filters.FilterSet):
-    environment = django_filters.CharFilter(field_name="environment__name")
-    component = django_filters.CharFilter(field_name="component__key")
+    # By id, not by a join on the name: the (environment, component, name) index then serves filter and order.
+    environment = django_filters.ModelChoiceFilter(
+        field_name="environment", to_field_name="name", queryset=Environment.objects.all()
+    )
+    component = django_filters.ModelChoiceFilter(
+        field_name="component", to_field_name="key", queryset=Component.objects.all()
+    )
     owner = django_filters.CharFilter(field_name="owner__slug")
     online = django_filters.BooleanFilter()
     status = django_filters.ChoiceFilter(choices=Feature.Status.choices)

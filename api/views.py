@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from api import filters, parsers, serializers
+from api.pagination import DeferredJoinPagination
 from catalog import plans, services
 from catalog.models import Approval, AuditLogEntry, ChangeRequest, Component, Environment, Feature, FeatureVersion, Team
 from provisioning.models import ProvisioningRun
@@ -51,6 +52,7 @@ class ComponentViewSet(viewsets.ReadOnlyModelViewSet[Component]):
 
 class FeatureViewSet(viewsets.ReadOnlyModelViewSet[Feature]):
     filterset_class = filters.FeatureFilter
+    pagination_class = DeferredJoinPagination
 
     def get_queryset(self) -> QuerySet[Feature]:
         queryset = Feature.objects.select_related("environment", "component", "owner").order_by(
