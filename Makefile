@@ -20,6 +20,7 @@ migrate: install
 
 bootstrap: migrate
 	$(BIN)/python manage.py load_catalog
+	$(BIN)/python manage.py load_demo_data --env dev
 	$(BIN)/python manage.py create_demo_users
 
 run: bootstrap
@@ -59,9 +60,12 @@ test: lint typecheck pytest
 docs: install
 	$(BIN)/python manage.py generate_spec_doc
 
+BENCH_DAYS ?= 5
 bench: install
+	./scripts/services-up.sh
 	$(BIN)/python bench/plan_bench.py
-	$(BIN)/python bench/feature_list_bench.py
+	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/fcc_bench} $(BIN)/python bench/feature_list_bench.py
+	$(BIN)/python bench/pit_bench.py --days $(BENCH_DAYS)
 
 clean:
 	rm -rf $(VENV) .venv-bqemu var

@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from typing import Any
 
 from django.db.models import QuerySet
@@ -16,8 +17,10 @@ class DeferredJoinPagination(Pagination):
     their joins, so page 1,000 of 100,000 features does not fetch and join the 50,000 rows before it."""
 
     def paginate_queryset(
-        self, queryset: QuerySet[Any], request: Request, view: APIView | None = None
+        self, queryset: QuerySet[Any] | Sequence[Any], request: Request, view: APIView | None = None
     ) -> list[Any] | None:
+        if not isinstance(queryset, QuerySet):
+            return super().paginate_queryset(queryset, request, view)
         ids_page = super().paginate_queryset(queryset.values_list("pk", flat=True), request, view)
         if ids_page is None:
             return None

@@ -30,7 +30,7 @@ class TeamMemberSerializer(serializers.Serializer[Any]):
 
 class TeamSerializer(serializers.ModelSerializer[Team]):
     members = TeamMemberSerializer(source="memberships", many=True, read_only=True)
-    components = serializers.SlugRelatedField(many=True, read_only=True, slug_field="key")
+    components: Any = serializers.SlugRelatedField(many=True, read_only=True, slug_field="key")
 
     class Meta:
         model = Team
@@ -176,7 +176,7 @@ class ReviewSerializer(serializers.Serializer[Any]):
 class ChangeRequestDetailSerializer(ChangeRequestSerializer):
     approvals = ApprovalSerializer(many=True, read_only=True)
     review = serializers.SerializerMethodField()
-    provisioning_runs = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    provisioning_runs: Any = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
 
     class Meta(ChangeRequestSerializer.Meta):
         fields = [

@@ -68,7 +68,7 @@ class FeatureViewSet(viewsets.ReadOnlyModelViewSet[Feature]):
         return serializers.FeatureDetailSerializer if self.action == "retrieve" else serializers.FeatureSerializer
 
 
-def _approvals_prefetch() -> Prefetch[Approval]:
+def _approvals_prefetch() -> Prefetch[Any, Any, Any]:
     return Prefetch("approvals", Approval.objects.select_related("user", "change_request"))
 
 

@@ -124,7 +124,9 @@ class BackfillDetailSerializer(BackfillSerializer):
 
 class BackfillRequestSerializer(serializers.Serializer[Any]):
     environment = serializers.ChoiceField(choices=Environment.Name.choices)
-    source = serializers.CharField(max_length=1024, help_text="A local directory or a gs:// URI in the story's layout.")
+    source = serializers.CharField(  # type: ignore[assignment]  # a field named like Field.source
+        max_length=1024, help_text="A local directory or a gs:// URI in the story's layout."
+    )
     start_date = serializers.DateField(required=False, allow_null=True, default=None)
     end_date = serializers.DateField(required=False, allow_null=True, default=None)
     components = serializers.ListField(

@@ -22,7 +22,7 @@ def audit_log_write(
     if not connection.in_atomic_block:
         raise RuntimeError("audit_log_write must run in the transaction of the change it records")
     head, _ = AuditChainHead.objects.select_for_update().get_or_create(pk=1)
-    user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    user: Any = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
     entry = AuditLogEntry(
         at=timezone.now(),
         actor=user,
@@ -92,7 +92,7 @@ def audit_log_write_many(
     if not connection.in_atomic_block:
         raise RuntimeError("audit_log_write_many must run in the transaction of the change it records")
     head, _ = AuditChainHead.objects.select_for_update().get_or_create(pk=1)
-    user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    user: Any = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
     name = user.get_username() if user is not None else "system"
     now = timezone.now()
     previous = head.last_hash

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from catalog import plans, roles
+from catalog import plans, roles, rules
 from catalog.audit import audit_log_write, audit_log_write_many, audit_refusal
 from catalog.errors import Conflict, NotFound, PermissionDenied, Problem, SpecValidationError
 from catalog.models import (
@@ -477,7 +477,7 @@ def plan_apply(
         feature.name = definition["name"]
         feature.dtype = definition["dtype"]
         feature.description = definition["description"]
-        feature.ttl_seconds = plans.rules.ttl_parse(definition["ttl"]) or 0
+        feature.ttl_seconds = rules.ttl_parse(definition["ttl"]) or 0
         feature.online = definition["online"]
         feature.source = definition["source"]
         feature.tags = definition["tags"]
@@ -573,7 +573,7 @@ def _feature_snapshot(feature: Feature) -> dict[str, Any]:
         "name": feature.name,
         "dtype": feature.dtype,
         "description": feature.description,
-        "ttl": plans.rules.ttl_format(feature.ttl_seconds),
+        "ttl": rules.ttl_format(feature.ttl_seconds),
         "online": feature.online,
         "source": feature.source,
         "tags": list(feature.tags),

@@ -121,6 +121,29 @@ def backfill_request(
                 Problem("end_date", "date_range", f"end_date must be on or after start_date and within {MAX_DAYS} days")
             ],
         )
+    return backfill_create(
+        user=user,
+        environment=environment,
+        source=source,
+        start_date=start_date,
+        end_date=end_date,
+        components=components,
+        reason=reason,
+    )
+
+
+def backfill_create(
+    *,
+    user: Any,
+    environment: Environment,
+    source: str,
+    start_date: dt.date | None,
+    end_date: dt.date | None,
+    components: list[str],
+    reason: str,
+) -> Backfill:
+    """Checks the source against the catalog and records the backfill; callers have checked permissions
+    (`backfill_request`), or act as the system (`load_demo_data`, breaking changes)."""
     _check_source(environment, source, components, start_date, end_date)
     with transaction.atomic():
         backfill = Backfill.objects.create(

@@ -1,6 +1,7 @@
 """Online sync from the offline tables and online reads, on the embedded stores."""
 
 import datetime as dt
+from collections.abc import Callable
 
 import pytest
 from django.utils import timezone
@@ -50,7 +51,12 @@ def insert_c8(env, minutes):
     features = c8_online(env)
     store = offline_store_for(env)
     assert isinstance(store, DuckDBOfflineStore)
-    literal = {"float64": lambda i: f"{i}.5", "int64": str, "bool": lambda i: "TRUE", "string": lambda i: f"'r{i}'"}
+    literal: dict[str, Callable[[int], str]] = {
+        "float64": lambda i: f"{i}.5",
+        "int64": str,
+        "bool": lambda i: "TRUE",
+        "string": lambda i: f"'r{i}'",
+    }
     names = ", ".join(n for n, _ in features)
     with store.connect() as con:
         for i, minute in enumerate(minutes, start=1):
