@@ -9,6 +9,7 @@ export DATA_DIR ?= $(CURDIR)/var
 .PHONY: run test install migrate bootstrap lint typecheck pytest pytest-services pytest-embedded emulator bench docs clean
 
 $(BIN)/activate: pyproject.toml
+	./scripts/system-packages.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(BIN)/activate

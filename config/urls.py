@@ -5,6 +5,33 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from catalog import views as console_views
 
+console_patterns = [
+    path("features/", console_views.feature_list, name="feature-list"),
+    path("features/<str:env>/<str:name>/", console_views.feature_detail, name="feature-detail"),
+    path("components/", console_views.component_list, name="component-list"),
+    path("components/<str:key>/", console_views.component_detail, name="component-detail"),
+    path("teams/", console_views.team_list, name="team-list"),
+    path("teams/<str:slug>/", console_views.team_detail, name="team-detail"),
+    path("change-requests/", console_views.change_request_list, name="change-request-list"),
+    path("change-requests/<int:pk>/", console_views.change_request_detail, name="change-request-detail"),
+    path("change-requests/<int:pk>/approve/", console_views.change_request_approve, name="change-request-approve"),
+    path("change-requests/<int:pk>/reject/", console_views.change_request_reject, name="change-request-reject"),
+    path("change-requests/<int:pk>/replan/", console_views.change_request_replan, name="change-request-replan"),
+    path("change-requests/<int:pk>/promote/", console_views.change_request_promote, name="change-request-promote"),
+    path("runs/", console_views.run_list, name="run-list"),
+    path("runs/<int:pk>/", console_views.run_detail, name="run-detail"),
+    path("runs/<int:pk>/progress/", console_views.run_progress, name="run-progress"),
+    path("backfills/", console_views.backfill_list, name="backfill-list"),
+    path("backfills/start/", console_views.backfill_start, name="backfill-start"),
+    path("backfills/<int:pk>/", console_views.backfill_detail, name="backfill-detail"),
+    path("backfills/<int:pk>/progress/", console_views.backfill_progress, name="backfill-progress"),
+    path("backfills/<int:pk>/cancel/", console_views.backfill_cancel, name="backfill-cancel"),
+    path("lineage/", console_views.lineage, name="lineage"),
+    path("costs/", console_views.costs, name="costs"),
+    path("drift/", console_views.drift, name="drift"),
+    path("drift/<str:env>/run/", console_views.drift_run, name="drift-run"),
+]
+
 urlpatterns = [
     path("", console_views.home, name="home"),
     path("healthz", console_views.healthz, name="healthz"),
@@ -14,4 +41,5 @@ urlpatterns = [
     path("api/v1/", include("api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("", include((console_patterns, "console"))),
 ]
