@@ -113,7 +113,7 @@ def test_approved_change_is_applied_by_a_worker(worker, users, loaded, client_fo
     assert c1.cluster_by == ("symbol", "dte")
     assert c1.require_partition_filter is True
     assert len(c1.columns) == 150 + 3
-    assert store.views() == ["training_dataset"]
+    assert store.views() == sorted(["training_dataset", *(f"c{i}_features_online" for i in range(1, 9))])
     online = online_store_for(dev).describe()
     assert online is not None
     assert len(online.features) == 32
