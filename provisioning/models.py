@@ -183,3 +183,37 @@ class OnlineSyncState(models.Model):
 
     def __str__(self) -> str:
         return f"sync {self.environment_id}/{self.component} at {self.watermark}"
+
+
+class TrainingDataset(models.Model):
+    """A point-in-time training set: entity rows in, one Parquet file out, written by a worker."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+
+    environment = models.ForeignKey("catalog.Environment", on_delete=models.PROTECT, related_name="training_datasets")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    entity_file = models.CharField(max_length=1024)
+    entity_rows = models.BigIntegerField(default=0)
+    selection = models.JSONField(default=dict)
+    features = models.JSONField(default=list)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    result_path = models.CharField(max_length=1024, blank=True)
+    result_rows = models.BigIntegerField(default=0)
+    result_bytes = models.BigIntegerField(default=0)
+    claimed_by = models.CharField(max_length=200, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"training dataset {self.pk} ({self.state})"

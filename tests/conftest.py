@@ -29,7 +29,7 @@ def _no_task_dispatch(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
     from workers import tasks
 
     sent: list[Any] = []
-    for task in (tasks.provisioning_run_execute, tasks.backfill_execute_task):
+    for task in (tasks.provisioning_run_execute, tasks.backfill_execute_task, tasks.training_dataset_task):
         monkeypatch.setattr(task, "delay", lambda *a, _task=task, **k: sent.append((_task.name, a)))
 
 

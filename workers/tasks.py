@@ -74,3 +74,10 @@ def online_sync_all() -> None:
         # Vertex AI feature views sync themselves from BigQuery on their cron.
         if store_config(environment.name)["online"] == "local":
             online_sync(environment=environment)
+
+
+@shared_task(name="provisioning.training_dataset", acks_late=True)
+def training_dataset_task(dataset_id: int) -> None:
+    from provisioning.training import training_dataset_execute
+
+    training_dataset_execute(dataset_id=dataset_id, worker=worker_name())

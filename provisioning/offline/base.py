@@ -106,5 +106,10 @@ class OfflineStore(ABC):
     def views(self) -> list[str]: ...
 
     @abstractmethod
+    def point_in_time(self, entities: Any, features: Sequence[Any]) -> Any:
+        """For each entity row (a pyarrow Table with symbol, dte, event_timestamp and labels), each feature's latest
+        value at or before event_timestamp within its TTL (`provisioning.retrieval` semantics); a pyarrow Table."""
+
+    @abstractmethod
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         """Runs a BigQuery-dialect query and returns its rows."""

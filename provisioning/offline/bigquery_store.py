@@ -13,6 +13,7 @@ Options (FCC_STORES[env]["offline_options"]):
     job_timeout_seconds     how long to wait for a query job to finish (default 300)
 """
 
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -280,6 +281,39 @@ class BigQueryOfflineStore(OfflineStore):
 
     def views(self) -> list[str]:
         return sorted(item.table_id for item in self._list() if item.table_type == "VIEW")
+
+    def point_in_time(self, entities: Any, features: Sequence[Any]) -> Any:
+        """The same semantics as SQL (`retrieval.training_sql`): the entity rows are loaded into a table of
+        their own in the dataset, joined as of their event times, read back, and the table is dropped."""
+        import pyarrow as pa
+
+        from provisioning.retrieval import ROW_COLUMN, event_window, training_sql
+
+        window = event_window(entities, features)
+        if window is None:
+            raise PermanentStoreError("the entity rows have no usable event_timestamp")
+        numbered = entities.append_column(ROW_COLUMN, pa.array(range(entities.num_rows), pa.int64()))
+        table_id = self._table_id(f"_fcc_entities_{uuid.uuid4().hex}")
+        with self._translated("loading the entity rows", DATA_EDITOR):
+            config = bigquery.LoadJobConfig(write_disposition="WRITE_TRUNCATE")
+            self.client.load_table_from_dataframe(numbered.to_pandas(), table_id, job_config=config).result(
+                timeout=self.settings.job_timeout_seconds
+            )
+        try:
+            sql = training_sql(
+                project=self.project,
+                dataset=self.dataset,
+                entity_table=table_id.rsplit(".", 1)[-1],
+                features=features,
+                event_range=window,
+            )
+            with self._translated("running the training dataset query", JOB_USER):
+                job = self.client.query(sql, retry=self.retry, timeout=self.timeout, job_retry=None)
+                result = job.result(retry=self.retry, timeout=self.settings.job_timeout_seconds).to_arrow()
+        finally:
+            with self._translated("dropping the entity rows' table", DATA_EDITOR):
+                self.client.delete_table(table_id, not_found_ok=True, retry=self.retry, timeout=self.timeout)
+        return result.drop_columns([ROW_COLUMN]) if ROW_COLUMN in result.column_names else result
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         with self._translated("running a query", JOB_USER):

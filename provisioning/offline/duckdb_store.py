@@ -301,6 +301,12 @@ class DuckDBOfflineStore(OfflineStore):
         counts = dict(rows)
         return {day: int(counts.get(day, 0)) for day in dates}
 
+    def point_in_time(self, entities: Any, features: Sequence[Any]) -> Any:
+        from provisioning.retrieval import DuckDBSource, retrieve_point_in_time
+
+        with self.connect(read_only=True) as connection:
+            return retrieve_point_in_time(entities, features, DuckDBSource(connection, self.dataset))
+
     def describe(self) -> dict[str, LiveTable]:
         if not self.path.exists():
             return {}

@@ -1,0 +1,756 @@
+"""Point-in-time training datasets: for each entity row, each feature's latest value at or before the row's
+`event_timestamp` for the same symbol and dte, within the feature's TTL, null otherwise.
+
+"Latest value" is the value of the latest row of the feature's component table (a row whose value is null
+gives null); "within the TTL" is `event_timestamp - ts_minute <= ttl`, bounds included. The same semantics
+run three ways, and tests hold them equal cell for cell:
+- `retrieve_point_in_time`: per component, an as-of match on the keys alone (the component's rows sorted
+  once by symbol, dte, ts and packed into one int64 key, then one `numpy.searchsorted` for all entity rows),
+  then a gather of the feature columns at the matched rows (numpy `take` into one block per width for
+  fixed-width columns, `Table.take` for the others) and a validity bitmap per TTL, shared by every feature
+  of that TTL, that nulls rows without a match or with a match older than the TTL;
+- `training_sql`: the BigQuery query (a join within the TTL and `QUALIFY ROW_NUMBER() ... = 1` per
+  component), which runs on DuckDB through `provisioning.ddl.to_duckdb`;
+- the reference in the tests: pandas `merge_asof` backward by symbol and dte with the TTL as tolerance.
+
+Sources: the story's Parquet layout (`ParquetLayoutSource`), Parquet files per component
+(`ParquetFilesSource`), the DuckDB offline store's tables (`DuckDBSource`), or tables already held in memory
+(`ArrowSource`, e.g. `ArrowSource.load(...)` once for many retrievals).
+"""
+
+import datetime as dt
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from provisioning.ddl import ident, qualified
+
+ENTITY_COLUMNS = ("symbol", "dte", "event_timestamp")
+ROW_COLUMN = "entity_row"
+ARROW_TYPES: dict[str, Any] = {
+    "float64": pa.float64(),
+    "numeric": pa.decimal128(38, 9),
+    "int64": pa.int64(),
+    "bool": pa.bool_(),
+    "string": pa.string(),
+}
+_NS_PER_SECOND = 1_000_000_000
+_LAYOUT_PATH = re.compile(
+    r"(?P<asset>[^/]+)/(?P<y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})/(?P<h>\d{2})/(?P<c>[^/]+)\.parquet$"
+)
+
+Int64Array = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class RetrievalError(ValueError):
+    """The entity rows or the feature selection cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    """One selected feature: where its values live and how long they stay valid."""
+
+    name: str  # the output column
+    component: str
+    column: str  # the offline table column (`name` for version 1, `name__v2` after a breaking change)
+    ttl_seconds: int
+    dtype: str = "float64"  # catalog dtype: the output type when the source has no data for it
+
+    @property
+    def table(self) -> str:
+        return f"{self.component}_features"
+
+
+def feature_refs_from_specs(
+    documents: Iterable[Mapping[str, Any]], names: Collection[str] | None = None
+) -> list[FeatureRef]:
+    """The features of spec documents (`catalog.specs.load_spec_files`), all or those named, in spec order."""
+    from catalog import rules
+
+    refs = []
+    for document in documents:
+        for feature in document["features"]:
+            if names is not None and feature["name"] not in names:
+                continue
+            ttl = rules.ttl_parse(str(feature["ttl"]))
+            if ttl is None:
+                raise RetrievalError(f"{feature['name']}: bad ttl {feature['ttl']!r}")
+            refs.append(FeatureRef(feature["name"], document["component"], feature["name"], ttl, str(feature["dtype"])))
+    return refs
+
+
+def feature_refs_from_catalog(
+    environment: Any, names: Collection[str] | None = None, components: Collection[str] | None = None
+) -> list[FeatureRef]:
+    """The active features of an environment (`catalog.models.Environment`): all, or those named, or those of
+    the components named; each read from its current version's column."""
+    from catalog.models import Feature
+
+    features = Feature.objects.filter(environment=environment, status=Feature.Status.ACTIVE).select_related("component")
+    if names is not None:
+        features = features.filter(name__in=list(names))
+    if components is not None:
+        features = features.filter(component__key__in=list(components))
+    return [
+        FeatureRef(f.name, f.component.key, f.column_name, f.ttl_seconds, f.dtype)
+        for f in features.order_by("component__key", "id")
+    ]
+
+
+# --- sources -------------------------------------------------------------------------------------------------
+
+
+class FeatureSource(Protocol):
+    def read(
+        self, component: str, columns: Sequence[str], *, symbols: Collection[str], start: dt.datetime, end: dt.datetime
+    ) -> Any:
+        """A pyarrow Table with `symbol`, `dte`, `ts_minute` and `columns` holding at least the component's rows
+        of these symbols with `start <= ts_minute <= end` (more rows are harmless), or None without data.
+        A column missing from the data may be missing from the table."""
+
+
+def _key_fields() -> list[Any]:
+    return [
+        pa.field("symbol", pa.string()),
+        pa.field("ts_minute", pa.timestamp("us", tz="UTC")),
+        pa.field("dte", pa.int64()),
+    ]
+
+
+# Above this many files DuckDB's reader is used: its per-file overhead is several times lower than pyarrow's
+# for the layout's small, wide hour files; below it pyarrow reads the larger files faster.
+DUCKDB_READ_MIN_FILES = 32
+
+
+def _read_parquet_files(files: Sequence[str], columns: Sequence[str], threads: int) -> Any:
+    """The files' keys and columns as one table; columns absent from a file are null there, columns absent
+    from every file are left out."""
+    if not files:
+        return None
+    if len(files) >= DUCKDB_READ_MIN_FILES:
+        return _read_parquet_files_duckdb(files, columns, threads)
+    union = pa.unify_schemas([pq.read_schema(f) for f in files])
+    fields = _key_fields()
+    for column in dict.fromkeys(columns):
+        index = union.get_field_index(column)
+        if index >= 0:
+            fields.append(union.field(index))
+    schema = pa.schema(fields)
+    return pads.dataset(list(files), schema=schema).to_table(use_threads=threads > 1)
+
+
+def _read_parquet_files_duckdb(files: Sequence[str], columns: Sequence[str], threads: int) -> Any:
+    import duckdb
+
+    connection = duckdb.connect(config={"threads": max(1, threads)})
+    params = {"files": list(files)}
+
+    def read(present: Collection[str], relation: str) -> Any:
+        wanted = ["symbol", "ts_minute", "dte", *(c for c in dict.fromkeys(columns) if c in present)]
+        select = ", ".join(f'"{_checked(c)}"' for c in wanted)
+        return connection.sql(f"SELECT {select} FROM {relation}", params=params).to_arrow_table()  # noqa: S608
+
+    try:
+        connection.execute("SET TimeZone = 'UTC'")
+        try:
+            # The files of one component normally share a schema: the newest file's columns are read.
+            table = read(pq.read_schema(files[-1]).names, "read_parquet($files)")
+        except duckdb.Error:
+            # Files of different catalog versions: match columns by name, nulls where a file lacks one.
+            described = connection.sql(
+                "DESCRIBE SELECT * FROM read_parquet($files, union_by_name = true)", params=params
+            ).fetchall()
+            table = read({row[0] for row in described}, "read_parquet($files, union_by_name = true)")
+    finally:
+        connection.close()
+    return table
+
+
+@dataclass
+class ParquetLayoutSource:
+    """Parquet in the story's layout: `{root}/{ASSET}/{yyyy}/{mm}/{dd}/{HH}/{component}.parquet`.
+
+    Reads only the files of the entity rows' symbols and of the dates that can hold values for them (the path
+    date is the exchange's, so the window is widened by a day on each side).
+    """
+
+    root: Path
+    threads: int = 4
+
+    def files(self, component: str, symbols: Collection[str], start: dt.date, end: dt.date) -> list[str]:
+        """The component's files of these assets and dates (inclusive), oldest first."""
+        found = []
+        for asset in sorted(symbols):
+            base = self.root / asset
+            if not base.is_dir():
+                continue
+            for path in base.glob(f"*/*/*/*/{component}.parquet"):
+                match = _LAYOUT_PATH.search(path.as_posix())
+                if not match:
+                    continue
+                day = dt.date(int(match["y"]), int(match["m"]), int(match["d"]))
+                if start <= day <= end:
+                    found.append((day, match["h"], asset, str(path)))
+        return [path for *_, path in sorted(found)]
+
+    def read(
+        self, component: str, columns: Sequence[str], *, symbols: Collection[str], start: dt.datetime, end: dt.datetime
+    ) -> Any:
+        one_day = dt.timedelta(days=1)
+        files = self.files(component, symbols, start.date() - one_day, end.date() + one_day)
+        return _read_parquet_files(files, columns, self.threads)
+
+
+@dataclass
+class ParquetFilesSource:
+    """Parquet files named per component (for example the offline store's partition files); no pruning."""
+
+    files_by_component: Mapping[str, Sequence[str | Path]]
+    threads: int = 4
+
+    def read(
+        self, component: str, columns: Sequence[str], *, symbols: Collection[str], start: dt.datetime, end: dt.datetime
+    ) -> Any:
+        files = [str(f) for f in self.files_by_component.get(component, ())]
+        return _read_parquet_files(files, columns, self.threads)
+
+
+@dataclass
+class DuckDBSource:
+    """The DuckDB offline store's tables (`{dataset}.{component}_features`) through an open connection."""
+
+    connection: Any  # duckdb.DuckDBPyConnection
+    dataset: str
+
+    def read(
+        self, component: str, columns: Sequence[str], *, symbols: Collection[str], start: dt.datetime, end: dt.datetime
+    ) -> Any:
+        table = f"{component}_features"
+        connection = self.connection.cursor()  # a connection of its own: retrieval reads components in threads
+        exists = connection.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+            [self.dataset, table],
+        ).fetchall()
+        present = {row[0] for row in exists}
+        if not present:
+            return None
+        wanted = ["symbol", "ts_minute", "dte", *(c for c in dict.fromkeys(columns) if c in present)]
+        select = ", ".join(f'"{_checked(c)}"' for c in wanted)
+        sql = (
+            f'SELECT {select} FROM "{_checked(self.dataset)}"."{_checked(table)}" '  # noqa: S608
+            "WHERE ts_minute BETWEEN ? AND ? AND symbol IN (SELECT unnest(?::VARCHAR[]))"
+        )
+        try:
+            return connection.sql(sql, params=[start, end, sorted(symbols)]).to_arrow_table()
+        finally:
+            connection.close()
+
+
+@dataclass
+class ArrowSource:
+    """Component tables already in memory, each with `symbol`, `dte`, `ts_minute` and feature columns."""
+
+    tables: Mapping[str, Any]
+    # The sorted keys of each component, built on first use and reused by every retrieval.
+    _key_indexes: dict[str, "_KeyIndex"] = field(default_factory=dict, init=False, repr=False)
+
+    @classmethod
+    def load(
+        cls,
+        source: FeatureSource,
+        features: Sequence[FeatureRef],
+        *,
+        symbols: Collection[str],
+        start: dt.datetime,
+        end: dt.datetime,
+    ) -> "ArrowSource":
+        """Reads the selected features' components once, each as one contiguous table."""
+        tables = {}
+        for component, refs in _by_component(features).items():
+            table = source.read(component, [r.column for r in refs], symbols=symbols, start=start, end=end)
+            if table is not None:
+                tables[component] = table.combine_chunks()
+        loaded = cls(tables)
+        for component in tables:
+            loaded.key_index(component)
+        return loaded
+
+    def key_index(self, component: str) -> "_KeyIndex":
+        index = self._key_indexes.get(component)
+        if index is None:
+            index = self._key_indexes[component] = _KeyIndex.build(self.tables[component])
+        return index
+
+    def read(
+        self, component: str, columns: Sequence[str], *, symbols: Collection[str], start: dt.datetime, end: dt.datetime
+    ) -> Any:
+        table = self.tables.get(component)
+        if table is None:
+            return None
+        names = set(table.column_names)
+        return table.select(["symbol", "ts_minute", "dte", *(c for c in dict.fromkeys(columns) if c in names)])
+
+
+def _checked(name: str) -> str:
+    ident(name)
+    return name
+
+
+def _by_component(features: Sequence[FeatureRef]) -> dict[str, list[FeatureRef]]:
+    grouped: dict[str, list[FeatureRef]] = {}
+    for ref in features:
+        grouped.setdefault(ref.component, []).append(ref)
+    return grouped
+
+
+# --- the as-of match -----------------------------------------------------------------------------------------
+
+
+def _parse_timestamps(strings: Any) -> Any:
+    """ISO-8601 strings, with a zone offset or without one (then UTC), as timestamp[us, UTC]."""
+    zoned = pc.match_substring_regex(strings, r"(Z|[+-]\d{2}:?\d{2})$")
+    with_zone = pc.cast(pc.if_else(zoned, strings, None), pa.timestamp("us", tz="UTC"))
+    naive = pc.cast(pc.if_else(zoned, None, strings), pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))
+    return pc.coalesce(with_zone, naive)
+
+
+def _timestamps_ns(array: Any) -> tuple[Int64Array, BoolArray]:
+    """Any timestamp (naive ones are UTC), date or ISO-8601 string column -> int64 UTC nanoseconds, validity."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    kind = array.type
+    try:
+        if pa.types.is_timestamp(kind):
+            array = array.cast(pa.timestamp("ns", tz=kind.tz or "UTC"))
+        elif pa.types.is_date(kind):
+            array = array.cast(pa.timestamp("ns"))
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            array = _parse_timestamps(array).cast(pa.timestamp("ns", tz="UTC"))
+        else:
+            raise RetrievalError(f"event_timestamp must be a timestamp, not {kind}")
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise RetrievalError(f"event_timestamp: {error}") from error
+    valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    values = np.asarray(array.cast(pa.int64()).fill_null(0).to_numpy(), dtype=np.int64)
+    return values, valid
+
+
+@dataclass(frozen=True)
+class _Entities:
+    count: int
+    symbols: Any  # pa.Array of the distinct symbols
+    pairs: Int64Array  # sorted distinct (symbol, dte) keys (symbol as an index into `symbols`)
+    # The rows that can match (known symbol, dte and event_timestamp) sorted by (pair, event_timestamp):
+    # sorted queries make the binary searches of every component cache-friendly.
+    rows: Int64Array
+    group: Int64Array  # index into `pairs`
+    ts_ns: Int64Array
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.rows.size)
+
+
+def _pair_keys(codes: Int64Array, dte: Int64Array) -> Int64Array:
+    return (codes << 32) + (dte + (1 << 31))
+
+
+def _entities(table: Any) -> _Entities:
+    missing = [c for c in ENTITY_COLUMNS if c not in table.column_names]
+    if missing:
+        raise RetrievalError(f"the entity rows have no column {', '.join(missing)}")
+    n = table.num_rows
+    symbol = table["symbol"].combine_chunks()
+    if not (pa.types.is_string(symbol.type) or pa.types.is_large_string(symbol.type)):
+        try:
+            symbol = symbol.cast(pa.string())
+        except pa.ArrowNotImplementedError as error:
+            raise RetrievalError(f"symbol must be a string, not {symbol.type}") from error
+    symbols = pc.unique(symbol.drop_null()).cast(pa.string())
+    codes = np.asarray(pc.index_in(symbol, value_set=symbols).fill_null(-1).to_numpy(), dtype=np.int64)
+    dte_array = table["dte"].combine_chunks()
+    if pa.types.is_floating(dte_array.type):
+        # pandas turns an integer column with missing values into floats.
+        try:
+            dte_array = dte_array.cast(pa.int64())
+        except pa.ArrowInvalid as error:
+            raise RetrievalError("dte must hold whole numbers") from error
+    if not pa.types.is_integer(dte_array.type):
+        raise RetrievalError(f"dte must be an integer, not {dte_array.type}")
+    dte_valid = np.asarray(dte_array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    dte = np.asarray(dte_array.cast(pa.int64()).fill_null(0).to_numpy(), dtype=np.int64)
+    if dte.size and (dte.min() < -(1 << 31) or dte.max() >= 1 << 31):
+        raise RetrievalError("dte is out of range")
+    ts_ns, ts_valid = _timestamps_ns(table["event_timestamp"])
+    rows = np.flatnonzero((codes >= 0) & dte_valid & ts_valid)
+    pairs, group = np.unique(_pair_keys(codes[rows], dte[rows]), return_inverse=True)
+    ts = ts_ns[rows]
+    order = np.lexsort((ts, group))
+    return _Entities(
+        count=n,
+        symbols=symbols,
+        pairs=pairs.astype(np.int64),
+        rows=rows[order].astype(np.int64),
+        group=group[order].astype(np.int64),
+        ts_ns=ts[order],
+    )
+
+
+@dataclass(frozen=True)
+class _KeyIndex:
+    """A component's rows sorted once by (symbol, dte, ts_minute), packed into one int64 key each: the
+    (symbol, dte) group times a stride plus the rank of ts_minute among the distinct values."""
+
+    symbols: Any  # pa.Array of the distinct symbols
+    pairs: Int64Array  # sorted distinct (symbol, dte) keys (symbol as an index into `symbols`)
+    distinct_ts: Int64Array
+    sorted_key: Int64Array
+    sorted_row: Int64Array  # the table row of each sorted key
+    sorted_group: Int64Array
+    sorted_ts: Int64Array
+
+    @classmethod
+    def build(cls, data: Any) -> "_KeyIndex":
+        symbol = data["symbol"]
+        if not pa.types.is_string(symbol.type):
+            symbol = symbol.cast(pa.string())
+        symbols = pc.unique(symbol.drop_null())
+        if isinstance(symbols, pa.ChunkedArray):
+            symbols = symbols.combine_chunks()
+        codes = np.asarray(pc.index_in(symbol, value_set=symbols).fill_null(-1).to_numpy(), dtype=np.int64)
+        dte_column = data["dte"].cast(pa.int64())
+        dte = np.asarray(dte_column.fill_null(0).to_numpy(), dtype=np.int64)
+        ts, usable = _timestamps_ns(data["ts_minute"])
+        usable &= codes >= 0
+        if dte_column.null_count:
+            usable &= np.asarray(dte_column.is_valid().to_numpy(), dtype=bool)
+        rows = np.flatnonzero(usable)
+        pairs, group = np.unique(_pair_keys(codes[rows], dte[rows]), return_inverse=True)
+        group = group.astype(np.int64)
+        row_ts = ts[rows]
+        distinct_ts = np.unique(row_ts)
+        key = group * (distinct_ts.size + 1) + np.searchsorted(distinct_ts, row_ts, side="right")
+        order = np.argsort(key, kind="stable")
+        return cls(
+            symbols=symbols,
+            pairs=pairs.astype(np.int64),
+            distinct_ts=distinct_ts,
+            sorted_key=key[order],
+            sorted_row=rows[order].astype(np.int64),
+            sorted_group=group[order],
+            sorted_ts=row_ts[order],
+        )
+
+
+@dataclass(frozen=True)
+class _Match:
+    row: Int64Array  # the matched source row of each entity row (meaningless where age is -1)
+    age_ns: Int64Array  # event_timestamp - matched ts_minute; -1 where nothing matched
+
+
+def _asof_match(entities: _Entities, index: _KeyIndex) -> _Match:
+    """For each entity row, the source row with the latest ts_minute <= event_timestamp of the same symbol and
+    dte (the last such row in source order on ties): one binary search of the packed keys."""
+    n = entities.count
+    row = np.zeros(n, dtype=np.int64)
+    age = np.full(n, -1, dtype=np.int64)
+    if not entities.usable or index.sorted_key.size == 0:
+        return _Match(row, age)
+    # The entity rows' (symbol, dte) groups in the index's numbering, -1 where the source has no such group.
+    symbol_map = np.asarray(pc.index_in(entities.symbols, value_set=index.symbols).fill_null(-1).to_numpy())
+    entity_codes = symbol_map[entities.pairs >> 32].astype(np.int64)
+    source_pairs = _pair_keys(entity_codes, (entities.pairs & 0xFFFFFFFF) - (1 << 31))
+    slot = np.minimum(np.searchsorted(index.pairs, source_pairs), index.pairs.size - 1)
+    group_map = np.where((entity_codes >= 0) & (index.pairs[slot] == source_pairs), slot, -1)
+    group = group_map[entities.group]
+    stride = index.distinct_ts.size + 1
+    key = group * stride + np.searchsorted(index.distinct_ts, entities.ts_ns, side="right")
+    hit = np.searchsorted(index.sorted_key, key, side="right") - 1
+    np.maximum(hit, 0, out=hit)
+    found = (group >= 0) & (index.sorted_group[hit] == group) & (index.sorted_ts[hit] <= entities.ts_ns)
+    row[entities.rows] = index.sorted_row[hit]
+    age[entities.rows] = np.where(found, entities.ts_ns - index.sorted_ts[hit], -1)
+    return _Match(row, age)
+
+
+_UNSIGNED: dict[int, Any] = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _fixed_width(kind: Any) -> bool:
+    if pa.types.is_interval(kind) or not (
+        pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_temporal(kind)
+    ):
+        return False
+    return bool(kind.bit_width in (8, 16, 32, 64))
+
+
+@dataclass(frozen=True)
+class _Gather:
+    """Gathers columns at the matched rows, null where there is no value within one TTL.
+
+    Fixed-width columns are gathered with numpy into one block per width, each column a contiguous row of it:
+    one exact allocation per block instead of one per column. The indices carry no nulls (a gather with null
+    indices is several times slower); the TTL's validity bitmap is computed once and shared by every gathered
+    column that has no nulls of its own.
+    """
+
+    rows: Int64Array  # without nulls: rows without a value point at row 0 and are masked
+    within: Any  # pa.Array of bool: a value within the TTL
+    validity: Any  # pa.Buffer: `within` as a bitmap
+    null_count: int
+
+    @classmethod
+    def for_ttl(cls, match: _Match, ttl_seconds: int) -> "_Gather":
+        within = (match.age_ns >= 0) & (match.age_ns <= ttl_seconds * _NS_PER_SECOND)
+        validity = pa.py_buffer(np.packbits(within, bitorder="little"))
+        rows = np.where(within, match.row, 0)
+        return cls(rows, pa.array(within, type=pa.bool_()), validity, int(within.size - np.count_nonzero(within)))
+
+    def columns(self, data: Any, names: Sequence[str]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        blocks: dict[int, list[Any]] = {}
+        others = []
+        for name in names:
+            column = data[name]
+            if _fixed_width(column.type):
+                blocks.setdefault(column.type.bit_width // 8, []).append(name)
+            else:
+                others.append(name)
+        n = self.rows.size
+        for width, block_names in blocks.items():
+            block = np.empty((len(block_names), n), dtype=_UNSIGNED[width])
+            for position, name in enumerate(block_names):
+                column = data[name]
+                # A column read from several files comes in chunks: one column at a time is made contiguous.
+                chunk = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+                values = np.frombuffer(chunk.buffers()[1], dtype=_UNSIGNED[width], count=chunk.offset + len(chunk))
+                np.take(values[chunk.offset :], self.rows, out=block[position], mode="wrap")
+                validity, null_count = self._validity(chunk)
+                data_buffer = pa.py_buffer(block[position])
+                result[name] = pa.Array.from_buffers(chunk.type, n, [validity, data_buffer], null_count=null_count)
+        if others:
+            gathered = data.select(others).take(pa.array(self.rows, type=pa.int64()))
+            for name in others:
+                result[name] = self._mask(gathered[name])
+        return result
+
+    def _validity(self, source: Any) -> tuple[Any, int]:
+        if source.null_count == 0:
+            return self.validity, self.null_count
+        combined = pc.and_(source.is_valid().take(pa.array(self.rows, type=pa.int64())), self.within)
+        return combined.buffers()[1], len(combined) - pc.sum(combined).as_py()
+
+    def _mask(self, column: Any) -> Any:
+        gathered = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        kind = gathered.type
+        flat = pa.types.is_boolean(kind) or pa.types.is_string(kind) or pa.types.is_binary(kind)
+        if not flat or gathered.offset != 0 or gathered.null_count:
+            return pc.if_else(self.within, gathered, pa.scalar(None, kind))
+        buffers = [self.validity, *gathered.buffers()[1:]]
+        return pa.Array.from_buffers(kind, len(gathered), buffers, null_count=self.null_count)
+
+
+def _entity_table(entities: Any) -> Any:
+    if isinstance(entities, pa.Table):
+        return entities
+    if isinstance(entities, pa.RecordBatch):
+        return pa.Table.from_batches([entities])
+    # A pandas DataFrame (pandas is not imported here).
+    return pa.Table.from_pandas(entities, preserve_index=False)
+
+
+def event_window(entities: Any, features: Sequence[FeatureRef]) -> tuple[dt.datetime, dt.datetime] | None:
+    """[min event - max TTL, max event] of the usable entity rows: the only ts_minute values that matter."""
+    prepared = _entities(_entity_table(entities))
+    return _window(prepared, features)
+
+
+def _window(entities: _Entities, features: Sequence[FeatureRef]) -> tuple[dt.datetime, dt.datetime] | None:
+    if not entities.usable:
+        return None
+    max_ttl = max((f.ttl_seconds for f in features), default=0)
+    start_us = (int(entities.ts_ns.min()) - max_ttl * _NS_PER_SECOND) // 1000
+    end_us = -(-int(entities.ts_ns.max()) // 1000)  # ceiling: the window must include the last event
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return epoch + dt.timedelta(microseconds=start_us), epoch + dt.timedelta(microseconds=end_us)
+
+
+def retrieve_point_in_time(
+    entities: Any, features: Sequence[FeatureRef], source: FeatureSource, *, threads: int | None = None
+) -> Any:
+    """The entity rows, in their order and with all their columns, followed by one column per feature (named
+    after the feature): its latest value at or before `event_timestamp` for the row's symbol and dte within
+    the feature's TTL, null otherwise. Rows with a null or unknown symbol, dte or event_timestamp get nulls.
+
+    `entities`: a pyarrow Table or RecordBatch, or a pandas DataFrame, with `symbol`, `dte`,
+    `event_timestamp` (timezone-naive timestamps are UTC) and any label columns. Components are gathered on
+    `threads` threads (default: the number of cores, at most 4, for an ArrowSource; one at a time for sources
+    that read, whose readers have threads of their own).
+    """
+    table = _entity_table(entities)
+    names = [f.name for f in features]
+    counts = Counter([*table.column_names, *names])
+    clashes = sorted(name for name in set(names) if counts[name] > 1)
+    if clashes:
+        raise RetrievalError(f"feature names clash with entity columns or each other: {', '.join(clashes)}")
+    prepared = _entities(table)
+    window = _window(prepared, features)
+    symbols = set(prepared.symbols.to_pylist())
+
+    def nulls(ref: FeatureRef) -> Any:
+        return pa.nulls(table.num_rows, ARROW_TYPES.get(ref.dtype, pa.float64()))
+
+    def component_columns(component: str, refs: list[FeatureRef]) -> dict[str, Any]:
+        data = None
+        if window is not None:
+            data = source.read(component, [r.column for r in refs], symbols=symbols, start=window[0], end=window[1])
+        if data is None or data.num_rows == 0:
+            return {ref.name: nulls(ref) for ref in refs}
+        index = source.key_index(component) if isinstance(source, ArrowSource) else _KeyIndex.build(data)
+        match = _asof_match(prepared, index)
+        present = set(data.column_names)
+        by_ttl: dict[int, list[FeatureRef]] = {}
+        for ref in refs:
+            by_ttl.setdefault(ref.ttl_seconds, []).append(ref)
+        result = {}
+        for ttl, group in by_ttl.items():
+            gathered = _Gather.for_ttl(match, ttl).columns(
+                data, list(dict.fromkeys(r.column for r in group if r.column in present))
+            )
+            for ref in group:
+                result[ref.name] = gathered[ref.column] if ref.column in present else nulls(ref)
+        return result
+
+    columns: dict[str, Any] = {}
+    groups = list(_by_component(features).items())
+    # Readers of files and databases use their own threads, and a component read at a time keeps memory low.
+    default = min(4, os.cpu_count() or 1) if isinstance(source, ArrowSource) else 1
+    workers = max(1, min(threads or default, len(groups)))
+    if workers == 1:
+        for group in groups:
+            columns.update(component_columns(*group))
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(lambda item: component_columns(*item), groups):
+                columns.update(result)
+    return pa.Table.from_arrays(
+        [*table.columns, *(columns[ref.name] for ref in features)], names=[*table.column_names, *names]
+    )
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+
+
+def read_entity_file(path: str | Path) -> Any:
+    """An entity file (Parquet, or CSV with a header) as a pyarrow Table; CSV timestamps without an offset
+    are UTC."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        options = pacsv.ConvertOptions(
+            column_types={"symbol": pa.string(), "dte": pa.int64(), "event_timestamp": pa.string()}
+        )
+        try:
+            table = pacsv.read_csv(path, convert_options=options)
+            if "event_timestamp" in table.column_names:
+                index = table.column_names.index("event_timestamp")
+                table = table.set_column(index, "event_timestamp", _parse_timestamps(table["event_timestamp"]))
+        except pa.ArrowInvalid as error:
+            raise RetrievalError(f"{path.name}: {error}") from error
+        return table
+    return pq.read_table(path)
+
+
+def write_parquet(table: Any, path: str | Path, *, row_group_size: int = 65_536) -> int:
+    """Writes the table as snappy Parquet, atomically (a reader never sees half a file); returns its bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        pq.write_table(table, temporary, compression="snappy", row_group_size=row_group_size)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path.stat().st_size
+
+
+# --- BigQuery SQL --------------------------------------------------------------------------------------------
+
+
+def training_sql(
+    *,
+    project: str,
+    dataset: str,
+    entity_table: str,
+    features: Sequence[FeatureRef],
+    event_range: tuple[dt.datetime, dt.datetime],
+    entity_dataset: str | None = None,
+) -> str:
+    """The BigQuery query of the same semantics as `retrieve_point_in_time`.
+
+    `entity_table` (in `entity_dataset`, default `dataset`) holds the entity rows with an INT64 `entity_row`
+    column numbering them; the result is one row per entity row in `entity_row` order: the entity columns,
+    then one column per feature. `event_range` is (min, max) event_timestamp of the entity rows: with the
+    largest TTL it bounds the partitions read (`DATE(ts_minute)`), which `require_partition_filter` demands.
+    """
+    if not features:
+        raise RetrievalError("select at least one feature")
+    names = [f.name for f in features]
+    if len(set(names)) != len(names):
+        raise RetrievalError("feature names must be distinct")
+    first, last = event_range
+    max_ttl = max(f.ttl_seconds for f in features)
+    first_day = (first.astimezone(dt.UTC) - dt.timedelta(seconds=max_ttl)).date()
+    last_day = last.astimezone(dt.UTC).date()
+    entities = qualified(project, entity_dataset or dataset, entity_table)
+    ctes = []
+    select = ["e.*"]
+    joins = []
+    for index, (component, refs) in enumerate(_by_component(features).items()):
+        alias = f"pit_{index}"
+        component_ttl = max(r.ttl_seconds for r in refs)
+        columns = "".join(f", f.{ident(c)}" for c in dict.fromkeys(r.column for r in refs))
+        # Identifiers are validated and quoted by ident() and qualified(); dates and TTLs are ints and dates.
+        body = [
+            f"SELECT e.{ident(ROW_COLUMN)} AS _entity_row, f.`ts_minute` AS _feature_ts{columns}",
+            f"FROM {entities} AS e",
+            f"JOIN {qualified(project, dataset, f'{component}_features')} AS f",
+            "  ON f.`symbol` = e.`symbol` AND f.`dte` = e.`dte`",
+            "  AND f.`ts_minute` <= e.`event_timestamp`",
+            f"  AND f.`ts_minute` >= TIMESTAMP_SUB(e.`event_timestamp`, INTERVAL {int(component_ttl)} SECOND)",
+            f"WHERE DATE(f.`ts_minute`) BETWEEN DATE '{first_day.isoformat()}' AND DATE '{last_day.isoformat()}'",
+            "QUALIFY ROW_NUMBER() OVER (PARTITION BY e.`entity_row` ORDER BY f.`ts_minute` DESC) = 1",
+        ]
+        ctes.append(f"{alias} AS (\n  " + "\n  ".join(body) + "\n)")
+        joins.append(f"LEFT JOIN {alias} ON {alias}._entity_row = e.{ident(ROW_COLUMN)}")
+        for ref in refs:
+            value = f"{alias}.{ident(ref.column)}"
+            if ref.ttl_seconds < component_ttl:
+                cutoff = f"TIMESTAMP_SUB(e.`event_timestamp`, INTERVAL {int(ref.ttl_seconds)} SECOND)"
+                value = f"IF({alias}._feature_ts >= {cutoff}, {value}, NULL)"
+            select.append(f"{value} AS {ident(ref.name)}")
+    return (
+        "WITH "
+        + ",\n".join(ctes)
+        + "\nSELECT "
+        + ",\n  ".join(select)
+        + f"\nFROM {entities} AS e\n"
+        + "\n".join(joins)
+        + f"\nORDER BY e.{ident(ROW_COLUMN)}"
+    )

@@ -1,0 +1,155 @@
+"""Training datasets: point-in-time correct feature values for entity rows, written as Parquet by a worker."""
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.utils import timezone
+
+from catalog.audit import audit_log_write
+from catalog.errors import NotFound, Problem, SpecValidationError
+from catalog.models import Environment, Feature
+from provisioning.backends import offline_store_for
+from provisioning.models import TrainingDataset
+from provisioning.retrieval import RetrievalError, feature_refs_from_catalog, read_entity_file, write_parquet
+
+logger = logging.getLogger(__name__)
+MAX_ENTITY_FILE_BYTES = 512 * 1024 * 1024
+REQUIRED = ("symbol", "dte", "event_timestamp")
+
+
+class TrainingRequestError(SpecValidationError):
+    code = "invalid_training_request"
+
+
+def _directory() -> Path:
+    path = Path(settings.DATA_DIR) / "training"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def training_dataset_request(
+    *, user: Any, environment_name: str, upload: UploadedFile[Any], features: list[str], components: list[str]
+) -> TrainingDataset:
+    """Checks the entity file and the feature selection (every problem at once), stores the file, queues the job."""
+    environment = Environment.objects.filter(name=environment_name).first()
+    if environment is None:
+        raise NotFound(f"environment {environment_name!r} does not exist")
+    problems: list[Problem] = []
+    name = upload.name or "entities"
+    suffix = Path(name).suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        problems.append(Problem("entities", "file_type", f"{name!r}: the entity file must be .parquet or .csv"))
+    if (upload.size or 0) > MAX_ENTITY_FILE_BYTES:
+        problems.append(
+            Problem("entities", "too_large", f"the entity file is larger than {MAX_ENTITY_FILE_BYTES} bytes")
+        )
+    active = Feature.objects.filter(environment=environment, status=Feature.Status.ACTIVE)
+    known_names = set(active.filter(name__in=features).values_list("name", flat=True))
+    problems.extend(
+        Problem(f"features[{i}]", "unknown_feature", f"{n!r} is not an active feature in {environment.name}")
+        for i, n in enumerate(features)
+        if n not in known_names
+    )
+    known_components = set(active.values_list("component__key", flat=True).distinct())
+    problems.extend(
+        Problem(f"components[{i}]", "unknown_component", f"{c!r} has no active features in {environment.name}")
+        for i, c in enumerate(components)
+        if c not in known_components
+    )
+    if problems:
+        raise TrainingRequestError(f"{len(problems)} problem(s) in the training dataset request", problems=problems)
+    path = _directory() / f"entities-{uuid.uuid4().hex}{suffix}"
+    with path.open("wb") as handle:
+        for chunk in upload.chunks():
+            handle.write(chunk)
+    try:
+        table = read_entity_file(path)
+    except (RetrievalError, ValueError, OSError) as error:
+        path.unlink(missing_ok=True)
+        raise TrainingRequestError(
+            "the entity file cannot be read", problems=[Problem("entities", "unreadable", str(error)[:500])]
+        ) from error
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        path.unlink(missing_ok=True)
+        raise TrainingRequestError(
+            "the entity file lacks required columns",
+            problems=[
+                Problem(f"entities.{c}", "missing_column", f"the entity file has no {c!r} column") for c in missing
+            ],
+        )
+    selection = {"features": features, "components": components, "all": not features and not components}
+    with transaction.atomic():
+        dataset = TrainingDataset.objects.create(
+            environment=environment,
+            requested_by=user if getattr(user, "is_authenticated", False) else None,
+            entity_file=str(path),
+            entity_rows=table.num_rows,
+            selection=selection,
+        )
+        audit_log_write(
+            actor=user,
+            action="training_dataset.request",
+            object_type="training_dataset",
+            object_id=dataset.pk,
+            environment=environment.name,
+            after={"rows": table.num_rows, **selection},
+        )
+
+        def enqueue() -> None:
+            from workers.tasks import training_dataset_task
+
+            training_dataset_task.delay(dataset.pk)
+
+        transaction.on_commit(enqueue)
+    return dataset
+
+
+def training_dataset_execute(*, dataset_id: int, worker: str) -> str:
+    now = timezone.now()
+    claimed = TrainingDataset.objects.filter(pk=dataset_id, state=TrainingDataset.State.QUEUED).update(
+        state=TrainingDataset.State.RUNNING, claimed_by=worker, started_at=now
+    )
+    if not claimed:
+        return "not-claimed"
+    dataset = TrainingDataset.objects.select_related("environment").get(pk=dataset_id)
+    selection = dataset.selection
+    refs = feature_refs_from_catalog(
+        dataset.environment,
+        names=selection.get("features") or None,
+        components=selection.get("components") or None,
+    )
+    if selection.get("features") and selection.get("components"):
+        # Both given: the named features and every feature of the named components.
+        refs = [
+            *feature_refs_from_catalog(dataset.environment, names=selection["features"]),
+            *feature_refs_from_catalog(dataset.environment, components=selection["components"]),
+        ]
+        refs = list({r.name: r for r in refs}.values())
+    try:
+        entities = read_entity_file(dataset.entity_file)
+        result = offline_store_for(dataset.environment).point_in_time(entities, refs)
+        path = _directory() / f"training-{dataset.pk}.parquet"
+        size = write_parquet(result, path)
+    except Exception as error:  # noqa: BLE001 - recorded on the dataset for the person who asked
+        TrainingDataset.objects.filter(pk=dataset.pk).update(
+            state=TrainingDataset.State.FAILED,
+            error=f"{type(error).__name__}: {error}"[:4000],
+            finished_at=timezone.now(),
+        )
+        logger.error("training dataset failed", extra={"training_dataset": dataset.pk, "error": str(error)})
+        return TrainingDataset.State.FAILED
+    TrainingDataset.objects.filter(pk=dataset.pk).update(
+        state=TrainingDataset.State.SUCCEEDED,
+        result_path=str(path),
+        result_rows=result.num_rows,
+        result_bytes=size,
+        features=[r.name for r in refs],
+        finished_at=timezone.now(),
+    )
+    return TrainingDataset.State.SUCCEEDED

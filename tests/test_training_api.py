@@ -1,0 +1,110 @@
+"""A training dataset requested through the API equals an independent point-in-time reference, cell for cell."""
+
+import datetime as dt
+import io
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from catalog.models import Feature
+from provisioning.backfill import backfill_execute
+from provisioning.models import TrainingDataset
+from provisioning.training import training_dataset_execute
+from tests.test_backfill import DAYS, dev, request, stores, write_source  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.django_db
+
+
+def reference(entities: pd.DataFrame, source: pd.DataFrame, features: list[tuple[str, int]]) -> pd.DataFrame:
+    """pandas merge_asof, backward, by symbol and dte, with each feature's TTL as the tolerance."""
+    left = entities.reset_index().rename(columns={"index": "row"}).sort_values("event_timestamp")
+    right = source.sort_values("ts_minute")
+    out = entities.copy()
+    for name, ttl in features:
+        merged = pd.merge_asof(
+            left,
+            right[["symbol", "dte", "ts_minute", name]],
+            left_on="event_timestamp",
+            right_on="ts_minute",
+            by=["symbol", "dte"],
+            direction="backward",
+            tolerance=pd.Timedelta(seconds=ttl),
+        ).set_index("row")
+        out[name] = merged[name].reindex(out.index)
+    return out
+
+
+def test_a_training_dataset_through_the_api_matches_merge_asof(users, dev, client_for, tmp_path):  # noqa: F811
+    write_source(tmp_path / "src")
+    backfill_id = request(client_for("carol"), tmp_path / "src").json()["id"]
+    assert backfill_execute(backfill_id=backfill_id, worker="t") == "succeeded"
+
+    day = DAYS[1]
+    stamps = [
+        dt.datetime(day.year, day.month, day.day, 4, 0, 3, tzinfo=dt.UTC),  # before the minute's value (at :17)
+        dt.datetime(day.year, day.month, day.day, 4, 10, 17, tzinfo=dt.UTC),  # exactly on a value
+        dt.datetime(day.year, day.month, day.day, 5, 30, 45, tzinfo=dt.UTC),  # between values
+        dt.datetime(day.year, day.month, day.day, 9, 0, 0, tzinfo=dt.UTC),  # hours after the last value
+        dt.datetime(day.year + 1, 1, 5, 4, 0, 0, tzinfo=dt.UTC),  # beyond every TTL
+    ]
+    entities = pd.DataFrame(
+        {
+            "symbol": ["NIFTY", "NIFTY", "BANKNIFTY", "NIFTY", "NIFTY", "FINNIFTY"],
+            "dte": [3, 3, 3, 3, 3, 3],
+            "event_timestamp": [*stamps, stamps[1]],
+            "label": [1, 0, 1, 1, 0, 1],
+        }
+    )
+    buffer = io.BytesIO()
+    entities.to_csv(buffer, index=False)
+    buffer.seek(0)
+    buffer.name = "entities.csv"
+    response = client_for("erin").post(
+        "/api/v1/training-datasets/",
+        {"environment": "dev", "entities": buffer, "components": ["c8"]},
+        format="multipart",
+    )
+    assert response.status_code == 201, response.json()
+    dataset_id = response.json()["id"]
+    assert training_dataset_execute(dataset_id=dataset_id, worker="t") == "succeeded"
+    detail = client_for("erin").get(f"/api/v1/training-datasets/{dataset_id}/").json()
+    assert detail["state"] == "succeeded"
+    assert detail["result_rows"] == len(entities)
+
+    download = client_for("erin").get(f"/api/v1/training-datasets/{dataset_id}/result/")
+    assert download.status_code == 200
+    result = pq.read_table(io.BytesIO(b"".join(download.streaming_content))).to_pandas()
+
+    features = list(
+        Feature.objects.filter(environment=dev, component__key="c8").order_by("id").values_list("name", "ttl_seconds")
+    )
+    files = sorted((tmp_path / "src").rglob("c8.parquet"))
+    source = pd.concat([pq.read_table(f).to_pandas() for f in files])
+    expected = reference(entities, source, features)
+    assert list(result.columns) == list(expected.columns)
+    for name, _ in features:
+        got, want = result[name], expected[name]
+        assert got.isna().tolist() == want.isna().tolist(), name
+        assert got[got.notna()].tolist() == want[want.notna()].tolist(), name
+    assert result["label"].tolist() == entities["label"].tolist()
+    # Within the TTL: the first row finds the day before's last value; the next year and FINNIFTY find nothing.
+    assert result[features[0][0]].notna().tolist() == [True, True, True, True, False, False]
+
+
+def test_bad_training_requests_name_the_field(users, dev, client_for):  # noqa: F811
+    bad = io.BytesIO(b"symbol,when\nNIFTY,2026-01-01\n")
+    bad.name = "entities.csv"
+    response = client_for("erin").post(
+        "/api/v1/training-datasets/",
+        {"environment": "dev", "entities": bad, "features": ["no_such_feature"]},
+        format="multipart",
+    )
+    assert response.status_code == 400
+    assert ("features[0]", "unknown_feature") in {(e["path"], e["rule"]) for e in response.json()["errors"]}
+    bad.seek(0)
+    response = client_for("erin").post(
+        "/api/v1/training-datasets/", {"environment": "dev", "entities": bad}, format="multipart"
+    )
+    assert {(e["path"], e["rule"]) for e in response.json()["errors"]} >= {("entities.dte", "missing_column")}
+    assert TrainingDataset.objects.count() == 0
