@@ -218,7 +218,10 @@ FCC_STEP_BACKOFF_SECONDS = float(os.environ.get("FCC_STEP_BACKOFF_SECONDS", "0.5
 # A running run whose worker has not beaten its heart for this long is freed by the reaper.
 FCC_RUN_STALE_SECONDS = int(os.environ.get("FCC_RUN_STALE_SECONDS", "120"))
 CELERY_BEAT_SCHEDULE = {
-    "reap-stale-provisioning-runs": {"task": "provisioning.reap_stale_runs", "schedule": 60.0},
+    "reap-stale-provisioning-runs": {
+        "task": "provisioning.reap_stale_runs",
+        "schedule": float(os.environ.get("FCC_REAPER_SECONDS", "60")),
+    },
     "online-sync": {
         "task": "provisioning.online_sync_all",
         "schedule": float(os.environ.get("FCC_ONLINE_SYNC_SECONDS", "60")),

@@ -161,3 +161,78 @@ def test_approved_change_is_applied_by_a_worker(worker, users, loaded, client_fo
         columns = [row[0] for row in duck.execute("DESCRIBE market_regime_dev.training_dataset").fetchall()]
     assert target["name"] in columns
     assert "atm_straddle_premium_ema_200" in columns
+
+
+def _start_worker(env, log_path, beat=False):
+    command = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "provisioning", "--pool", "solo"]
+    command += ["--loglevel", "INFO", "--without-heartbeat", "--without-mingle", "--without-gossip"]
+    if beat:
+        command += ["--beat", "--schedule", str(log_path.with_suffix(".beat"))]
+    log = log_path.open("a")
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log
+
+
+@pytest.mark.parametrize("kill_after_steps", [1, 4, 9])
+def test_a_worker_killed_mid_run_is_replaced_and_the_run_converges(store_paths, tmp_path, users, kill_after_steps):
+    """SIGKILL the worker while it provisions dev; a new worker (its beat's reaper re-queues the stale run)
+    finishes it: every step recorded once, every table present once, nothing half applied."""
+    import signal
+
+    from catalog.models import Environment
+    from catalog.services import catalog_load
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "FCC_STORES": json.dumps(store_paths),
+        "DATA_DIR": str(settings.DATA_DIR),
+        "FCC_RUN_STALE_SECONDS": "3",
+        "FCC_REAPER_SECONDS": "1",
+    }
+    celery = [sys.executable, "-m", "celery", "-A", "config"]
+    subprocess.run(
+        [*celery, "purge", "-f", "-Q", "provisioning"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=60
+    )
+    log_path = tmp_path / "workers.log"
+    first, first_log = _start_worker(env, log_path)
+    try:
+        catalog_load(specs_dir=Path(settings.FCC_SPECS_DIR), environment_names=["dev"])
+        dev = Environment.objects.get(name="dev")
+        run = ProvisioningRun.objects.get(environment=dev, revision=1)
+        _wait_for(
+            lambda: (
+                ProvisioningStep.objects.filter(run=run, status="succeeded").count() >= kill_after_steps
+                or ProvisioningRun.objects.filter(pk=run.pk, state="succeeded").exists()
+            ),
+            what=f"{kill_after_steps} steps",
+            log=log_path,
+        )
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=20)
+    finally:
+        first_log.close()
+    second, second_log = _start_worker(env, log_path, beat=True)
+    try:
+        _wait_for(
+            lambda: ProvisioningRun.objects.filter(pk=run.pk, state="succeeded").exists(),
+            what="the run to converge",
+            log=log_path,
+        )
+    finally:
+        second.terminate()
+        second.wait(timeout=20)
+        second_log.close()
+    steps = list(ProvisioningStep.objects.filter(run=run).values_list("index", "kind", "status"))
+    assert [i for i, _, _ in steps] == list(range(len(run.plan["steps"]) + 1))
+    assert {s for _, _, s in steps} == {"succeeded"}
+    live = offline_store_for(dev).describe()
+    assert sorted(live) == [f"c{i}_features" for i in range(1, 9)]
+    assert all(len({c.name for c in t.columns}) == len(t.columns) for t in live.values())
+    assert len(live["c6_features"].columns) == 220 + 3
+    from catalog.models import AuditLogEntry
+
+    claims = AuditLogEntry.objects.filter(action="provisioning_run.claim", object_id=str(run.pk)).count()
+    finished = ProvisioningRun.objects.get(pk=run.pk)
+    assert claims == finished.attempts
+    if claims > 1:
+        assert AuditLogEntry.objects.filter(action="provisioning_run.reaped", object_id=str(run.pk)).exists()
