@@ -54,7 +54,10 @@ def expected_columns(environment: Environment, components: list[str]) -> dict[st
 
 def _check_source(
     backfill_env: Environment, source: str, components: list[str], start: dt.date | None, end: dt.date | None
-) -> list[SourceFile]:
+) -> tuple[list[SourceFile], dict[str, frozenset[str]]]:
+    """The source's files, checked against the catalog, and each file's column names."""
+    import pyarrow.parquet as pq
+
     try:
         files = source_files(source, set(components), start, end)
     except (ValueError, FileNotFoundError) as error:
@@ -67,12 +70,23 @@ def _check_source(
                 Problem("source", "no_files", f"no files match {source}/{{ASSET}}/yyyy/mm/dd/HH/{{component}}.parquet")
             ],
         )
-    problems = schema_problems(files, expected_columns(backfill_env, components))
+    # Each schema is read once, here. Files with the same schema pass or fail together, so only the first file of
+    # each schema is checked: each problem still names the first file where it is seen.
+    columns: dict[str, frozenset[str]] = {}
+    first_of_schema: dict[tuple[str, Any], tuple[SourceFile, frozenset[str]]] = {}
+    for file in files:
+        schema = pq.read_schema(file.path)
+        seen = first_of_schema.get((file.component, schema))
+        if seen is None:
+            seen = first_of_schema[(file.component, schema)] = (file, frozenset(schema.names))
+        columns[file.path] = seen[1]
+    firsts = [first for first, _ in first_of_schema.values()]
+    problems = schema_problems(firsts, expected_columns(backfill_env, components))
     if problems:
         raise BackfillSourceError(
             f"{len(problems)} problem(s) in the source files; nothing was written", problems=problems
         )
-    return files
+    return files, columns
 
 
 def backfill_request(
@@ -233,7 +247,9 @@ def backfill_execute(*, backfill_id: int, worker: str) -> str:
     backfill = Backfill.objects.select_related("environment").get(pk=backfill_id)
     environment = backfill.environment
     try:
-        files = _check_source(environment, backfill.source, backfill.components, backfill.start_date, backfill.end_date)
+        files, columns_by_file = _check_source(
+            environment, backfill.source, backfill.components, backfill.start_date, backfill.end_date
+        )
     except BackfillSourceError as error:
         details = "; ".join(p.detail for p in error.problems[:20])
         return _finish(backfill, Backfill.State.FAILED, f"{error.message}: {details}")
@@ -268,11 +284,14 @@ def backfill_execute(*, backfill_id: int, worker: str) -> str:
             chunk = partitions[start : start + size]
             days = [p.partition_date for p in chunk]
             chunk_files = sorted({f.path for p in chunk for f in by_partition[(component, p.partition_date)]})
-            present = _columns_present(chunk_files)
+            present = _columns_present(chunk_files, columns_by_file)
             columns = {name: spec.target for name, spec in expected[component].items() if name in present}
             try:
-                written = store.replace_partitions(table, days, chunk_files, columns)  # type: ignore[attr-defined]
-                target = store.partition_row_counts(table, days)  # type: ignore[attr-defined]
+                # One connection for the job's write and its reconciliation (opening a DuckDB file costs tens of
+                # milliseconds); the next job opens its own, so other processes get the file between jobs.
+                with store.session():
+                    written = store.replace_partitions(table, days, chunk_files, columns)
+                    target = store.partition_row_counts(table, days)
             except Exception as error:  # noqa: BLE001 - recorded on the backfill for a person to act on
                 return _finish(
                     backfill,
@@ -303,13 +322,10 @@ def backfill_execute(*, backfill_id: int, worker: str) -> str:
     return _finish(backfill, Backfill.State.SUCCEEDED)
 
 
-def _columns_present(files: list[str]) -> set[str]:
-    import pyarrow.parquet as pq
-
+def _columns_present(files: list[str], columns_by_file: dict[str, frozenset[str]]) -> set[str]:
     present: set[str] | None = None
     for path in files:
-        names = set(pq.read_schema(path).names)
-        present = names if present is None else present & names
+        present = set(columns_by_file[path]) if present is None else present & columns_by_file[path]
     return present or set()
 
 

@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -295,6 +295,107 @@ def test_dry_run_validates_without_running(store: OfflineStore) -> None:
         store.dry_run("SELEC nonsense")
     with pytest.raises(PermanentStoreError):
         store.dry_run(f"SELECT symbol FROM {table_ref(store, 'no_such_table')}")  # noqa: S608
+
+
+# Backfill writes ------------------------------------------------------------------------------------------
+
+DAY1, DAY2, DAY3 = date(2026, 1, 5), date(2026, 1, 6), date(2026, 1, 7)
+BACKFILL_SOURCE = {"symbol": "symbol", "ts_minute": "ts_minute", "dte": "dte", "f_float": "f_float", "f_int": "f_int"}
+
+
+def write_source(path: Path, day: date, rows: int) -> str:
+    """A Parquet file as a backfill source holds one: key columns and two features, UTC timestamps off the
+    minute grid (seconds and microseconds), the last one a second before the next UTC day."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    start = datetime(day.year, day.month, day.day, 9, 15, 17, 250000, tzinfo=UTC)
+    stamps = [start + timedelta(minutes=i) for i in range(rows - 1)]
+    stamps.append(datetime(day.year, day.month, day.day, 23, 59, 59, 500000, tzinfo=UTC))
+    table = pa.table(
+        {
+            "symbol": pa.array(["NIFTY"] * rows, pa.string()),
+            "ts_minute": pa.array(stamps, pa.timestamp("us", tz="UTC")),
+            "dte": pa.array([3] * rows, pa.int64()),
+            "f_float": pa.array([i + 0.5 for i in range(rows)], pa.float64()),
+            "f_int": pa.array(list(range(rows)), pa.int64()),
+        }
+    )
+    pq.write_table(table, path)
+    return str(path)
+
+
+def test_partition_row_counts_counts_per_utc_date(store: OfflineStore) -> None:
+    store.ensure_dataset()
+    store.create_table(component_spec())
+    insert_row(store, "c1_features", f_int="1")
+    execute(
+        store,
+        f"INSERT INTO {table_ref(store, 'c1_features')} (symbol, ts_minute, dte) VALUES "  # noqa: S608
+        "('NIFTY', TIMESTAMP '2026-01-06 23:59:59.5+00', 3), ('NIFTY', TIMESTAMP '2026-01-07 00:00:00+00', 3)",
+    )
+    assert store.partition_row_counts("c1_features", [DAY1, DAY2, DAY3, date(2026, 1, 8)]) == {
+        DAY1: 1,
+        DAY2: 1,
+        DAY3: 1,
+        date(2026, 1, 8): 0,
+    }
+
+
+def test_replace_partitions_is_idempotent_and_keeps_retained_columns(store: OfflineStore, tmp_path: Path) -> None:
+    store.ensure_dataset()
+    store.create_table(component_spec())
+    table = table_ref(store, "c1_features")
+    files = [write_source(tmp_path / "day1.parquet", DAY1, 3), write_source(tmp_path / "day2.parquet", DAY2, 4)]
+    # Before the backfill: a row the source has, with a retained column (f_str is not in the source mapping)
+    # and a stale feature value; a row of a third date; a row of a replaced date the source lacks.
+    execute(
+        store,
+        f"INSERT INTO {table} (symbol, ts_minute, dte, f_float, f_str) VALUES "  # noqa: S608
+        "('NIFTY', TIMESTAMP '2026-01-05 09:15:17.25+00', 3, 99.0, 'kept'), "
+        "('NIFTY', TIMESTAMP '2026-01-07 10:00:00+00', 3, 7.0, 'third'), "
+        "('BANKNIFTY', TIMESTAMP '2026-01-06 10:00:00+00', 5, 8.0, 'gone')",
+    )
+
+    written = store.replace_partitions("c1_features", [DAY1, DAY2], files, BACKFILL_SOURCE)
+    assert written == {DAY1: 3, DAY2: 4}
+    assert store.partition_row_counts("c1_features", [DAY1, DAY2, DAY3]) == {DAY1: 3, DAY2: 4, DAY3: 1}
+
+    again = store.replace_partitions("c1_features", [DAY1, DAY2], files, BACKFILL_SOURCE)
+    assert again == written
+    assert store.partition_row_counts("c1_features", [DAY1, DAY2, DAY3]) == {DAY1: 3, DAY2: 4, DAY3: 1}
+
+    rows = store.query(
+        f"SELECT symbol, ts_minute, f_float, f_int, f_str FROM {table} "  # noqa: S608
+        f"WHERE ts_minute >= {SINCE} ORDER BY ts_minute"
+    )
+    assert rows[0] == ("NIFTY", datetime(2026, 1, 5, 9, 15, 17, 250000, tzinfo=UTC), 0.5, 0, "kept")
+    assert all(row[4] is None for row in rows[1:7])
+    assert rows[6][1] == datetime(2026, 1, 6, 23, 59, 59, 500000, tzinfo=UTC)
+    assert rows[7] == ("NIFTY", datetime(2026, 1, 7, 10, 0, tzinfo=UTC), 7.0, None, "third")
+    assert len(rows) == 8
+    assert "BANKNIFTY" not in {row[0] for row in rows}
+
+
+def test_replace_partitions_that_fails_changes_nothing(store: OfflineStore, tmp_path: Path) -> None:
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store.ensure_dataset()
+    store.create_table(component_spec())
+    insert_row(store, "c1_features", f_float="1.5", f_str="'before'")
+    path = write_source(tmp_path / "day1.parquet", DAY1, 3)
+    # A null key (symbol is REQUIRED): the insert fails at run time, after the delete, which must be undone.
+    source = pq.read_table(path)
+    symbols = source.column("symbol").to_pylist()
+    pq.write_table(source.set_column(0, "symbol", pa.array([*symbols[:-1], None], pa.string())), path)
+    expected = PermanentStoreError if store.kind == "bigquery" else duckdb.ConstraintException
+    with pytest.raises(expected, match="symbol"):
+        store.replace_partitions("c1_features", [DAY1], [path], BACKFILL_SOURCE)
+    assert store.partition_row_counts("c1_features", [DAY1]) == {DAY1: 1}
+    rows = store.query(f"SELECT f_float, f_str FROM {table_ref(store, 'c1_features')} WHERE ts_minute >= {SINCE}")  # noqa: S608
+    assert rows == [(1.5, "before")]
 
 
 # Faults the emulator cannot make ----------------------------------------------------------------------------

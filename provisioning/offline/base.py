@@ -1,7 +1,8 @@
 """The offline store interface. Every method is idempotent: create-if-absent, compare-before-write."""
 
+import datetime as dt
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,18 @@ class OfflineStore(ABC):
     def point_in_time(self, entities: Any, features: Sequence[Any]) -> Any:
         """For each entity row (a pyarrow Table with symbol, dte, event_timestamp and labels), each feature's latest
         value at or before event_timestamp within its TTL (`provisioning.retrieval` semantics); a pyarrow Table."""
+
+    @abstractmethod
+    def replace_partitions(
+        self, table: str, dates: Sequence[dt.date], files: Sequence[str], columns: Mapping[str, str]
+    ) -> dict[dt.date, int]:
+        """Replaces the rows of these DATE(ts_minute) partitions with the Parquet files' rows of the same dates,
+        in one transaction. `columns` maps source column -> table column; columns of the table the source does
+        not fill keep their values for the keys the source has. Returns the source rows written per date."""
+
+    @abstractmethod
+    def partition_row_counts(self, table: str, dates: Sequence[dt.date]) -> dict[dt.date, int]:
+        """The table's rows per DATE(ts_minute) partition, for each of these dates (0 when empty)."""
 
     @abstractmethod
     def query(self, sql: str) -> list[tuple[Any, ...]]:

@@ -13,6 +13,9 @@ Options (FCC_STORES[env]["offline_options"]):
     job_timeout_seconds     how long to wait for a query job to finish (default 300)
 """
 
+import datetime as dt
+import os
+import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,6 +33,7 @@ from google.cloud import bigquery
 from sqlglot import exp
 
 from provisioning.ddl import (
+    IDENTIFIER,
     Column,
     TableSpec,
     add_columns_sql,
@@ -43,6 +47,8 @@ from provisioning.ddl import (
 from provisioning.errors import PermanentStoreError, TransientStoreError
 from provisioning.offline.base import LiveColumn, LiveTable, OfflineStore, StepOutcome
 
+KEY_COLUMNS = ("symbol", "ts_minute", "dte")
+IN_DATES = "DATE({column}) IN UNNEST(@dates)"
 # The roles the story lists: changing datasets, tables and views; running jobs (queries, DDL, dry runs).
 DATA_EDITOR = "roles/bigquery.dataEditor"
 JOB_USER = "roles/bigquery.jobUser"
@@ -282,6 +288,126 @@ class BigQueryOfflineStore(OfflineStore):
     def views(self) -> list[str]:
         return sorted(item.table_id for item in self._list() if item.table_type == "VIEW")
 
+    def replace_partitions(
+        self, table: str, dates: Sequence[dt.date], files: Sequence[str], columns: Mapping[str, str]
+    ) -> dict[dt.date, int]:
+        """Replaces the rows of these partitions with the files' rows of the same dates, in one transaction.
+
+        The files are loaded into a staging table of the dataset; one multi-statement transaction then keeps
+        the retained columns (those of the table the source does not fill) of the affected partitions, deletes
+        the partitions and inserts the staged rows of those dates joined with the kept values. Returns the source
+        rows per date that were written, counted in the staging table.
+        """
+        day_list = sorted(set(dates))
+        if not day_list:
+            return {}
+        names = [_ident(source) for source in columns]
+        loaded = {_ident(columns[source]) for source in names}
+        live = self._existing_table(table)
+        retained = [f.name for f in live.schema if f.name not in loaded and f.name not in KEY_COLUMNS]
+        target = f"`{self._table_id(_ident(table))}`"
+        stage_name = f"_fcc_stage_{uuid.uuid4().hex}"
+        stage = f"`{self._table_id(stage_name)}`"
+        parameters = [bigquery.ArrayQueryParameter("dates", "DATE", day_list)]
+        try:
+            self._load_stage(stage_name, files, names)
+            counted = self._parameterized(
+                f"SELECT DATE(ts_minute) AS day, COUNT(*) AS n FROM {stage} "  # noqa: S608
+                f"WHERE {IN_DATES.format(column='ts_minute')} GROUP BY day",
+                parameters,
+                action=f"counting the staged rows for {self._table_id(table)}",
+            )
+            counts = {row[0]: int(row[1]) for row in counted}
+            insert = ", ".join(f"`{c}`" for c in [*(columns[s] for s in names), *retained])
+            select = ", ".join([*(f"s.`{s}`" for s in names), *(f"o.`{c}`" for c in retained)])
+            statements = ["BEGIN TRANSACTION"]
+            kept_join = ""
+            if retained:
+                kept = ", ".join(f"`{c}`" for c in [*KEY_COLUMNS, *retained])
+                statements.append(
+                    f"CREATE TEMP TABLE fcc_kept AS SELECT {kept} FROM {target} "  # noqa: S608
+                    f"WHERE {IN_DATES.format(column='ts_minute')}"
+                )
+                keys = ", ".join(f"`{k}`" for k in KEY_COLUMNS)
+                kept_join = f"LEFT JOIN fcc_kept AS o USING ({keys}) "
+            statements += [
+                f"DELETE FROM {target} WHERE {IN_DATES.format(column='ts_minute')}",  # noqa: S608
+                f"INSERT INTO {target} ({insert}) SELECT {select} FROM {stage} AS s "  # noqa: S608
+                f"{kept_join}WHERE {IN_DATES.format(column='s.ts_minute')}",
+                "COMMIT TRANSACTION",
+            ]
+            # A failing statement ends the script; BigQuery rolls back a transaction the script leaves open.
+            self._parameterized(
+                ";\n".join(statements) + ";", parameters, action=f"replacing partitions of {self._table_id(table)}"
+            )
+        finally:
+            with self._translated(f"dropping the staging table {stage_name}", DATA_EDITOR):
+                self.client.delete_table(
+                    self._table_id(stage_name), not_found_ok=True, retry=self.retry, timeout=self.timeout
+                )
+        return {day: counts.get(day, 0) for day in day_list}
+
+    def partition_row_counts(self, table: str, dates: Sequence[dt.date]) -> dict[dt.date, int]:
+        day_list = sorted(set(dates))
+        if not day_list:
+            return {}
+        rows = self._parameterized(
+            f"SELECT DATE(ts_minute) AS day, COUNT(*) AS n FROM `{self._table_id(_ident(table))}` "  # noqa: S608
+            f"WHERE {IN_DATES.format(column='ts_minute')} GROUP BY day",
+            [bigquery.ArrayQueryParameter("dates", "DATE", day_list)],
+            action=f"counting the rows of {self._table_id(table)}",
+        )
+        counts = {row[0]: int(row[1]) for row in rows}
+        return {day: counts.get(day, 0) for day in dates}
+
+    def _parameterized(self, sql: str, parameters: list[Any], *, action: str) -> list[tuple[Any, ...]]:
+        config = bigquery.QueryJobConfig(query_parameters=parameters)
+        with self._translated(action, DATA_EDITOR):
+            job = self.client.query(sql, job_config=config, retry=self.retry, timeout=self.timeout, job_retry=None)
+            rows = job.result(retry=self.retry, timeout=self.settings.job_timeout_seconds)
+            return [tuple(row.values()) for row in rows]
+
+    def _load_stage(self, stage: str, files: Sequence[str], names: Sequence[str]) -> None:
+        """Loads the files' source columns into the staging table: gs:// URIs in one load job from Cloud Storage;
+        local files merged into one Parquet file first, so that a chunk of hourly files is one load job."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table_id = self._table_id(stage)
+        config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.PARQUET, write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE
+        )
+        action = f"loading the source files into {table_id}"
+        if not files:
+            raise PermanentStoreError("no source files to load", action=action)
+        remote = [f for f in files if f.startswith("gs://")]
+        if remote:
+            if len(remote) != len(files):
+                raise PermanentStoreError("the source files mix gs:// URIs and local paths", action=action)
+            with self._translated(action, DATA_EDITOR):
+                job = self.client.load_table_from_uri(
+                    list(remote), table_id, job_config=config, retry=self.retry, timeout=self.timeout
+                )
+                job.result(retry=self.retry, timeout=self.settings.job_timeout_seconds)
+            return
+        schema = pa.unify_schemas([pq.read_schema(path) for path in files], promote_options="permissive")
+        schema = pa.schema([schema.field(name) for name in names])
+        handle, merged = tempfile.mkstemp(suffix=".parquet", prefix="fcc-stage-")
+        os.close(handle)
+        try:
+            # Microseconds: BigQuery's TIMESTAMP precision.
+            with pq.ParquetWriter(merged, schema, coerce_timestamps="us", allow_truncated_timestamps=True) as writer:
+                for path in files:
+                    for batch in pq.ParquetFile(path).iter_batches(columns=list(names)):
+                        writer.write_table(pa.Table.from_batches([batch]).select(list(names)).cast(schema))
+            with self._translated(action, DATA_EDITOR), open(merged, "rb") as source:
+                job = self.client.load_table_from_file(
+                    source, table_id, job_config=config, rewind=True, timeout=self.timeout
+                )
+                job.result(retry=self.retry, timeout=self.settings.job_timeout_seconds)
+        finally:
+            os.unlink(merged)
+
     def point_in_time(self, entities: Any, features: Sequence[Any]) -> Any:
         """The same semantics as SQL (`retrieval.training_sql`): the entity rows are loaded into a table of
         their own in the dataset, joined as of their event times, read back, and the table is dropped."""
@@ -320,6 +446,12 @@ class BigQueryOfflineStore(OfflineStore):
             job = self.client.query(sql, retry=self.retry, timeout=self.timeout, job_retry=None)
             rows = job.result(retry=self.retry, timeout=self.settings.job_timeout_seconds)
             return [tuple(row.values()) for row in rows]
+
+
+def _ident(name: str) -> str:
+    if not IDENTIFIER.fullmatch(name):
+        raise ValueError(f"{name[:80]!r} is not a valid identifier")
+    return name
 
 
 def _message(error: BaseException) -> str:

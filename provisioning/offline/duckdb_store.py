@@ -272,18 +272,22 @@ class DuckDBOfflineStore(OfflineStore):
                         [list(files), day_list],
                     ).fetchall()
                 )
-                kept = ", ".join(f'"{c}"' for c in [*keys, *retained])
-                connection.execute(
-                    f"CREATE TEMP TABLE fcc_kept AS SELECT {kept} FROM {target} WHERE {in_dates}",  # noqa: S608
-                    [day_list],
-                )
+                if retained:
+                    kept = ", ".join(f'"{c}"' for c in [*keys, *retained])
+                    connection.execute(
+                        f"CREATE TEMP TABLE fcc_kept AS SELECT {kept} FROM {target} WHERE {in_dates}",  # noqa: S608
+                        [day_list],
+                    )
                 connection.execute(f"DELETE FROM {target} WHERE {in_dates}", [day_list])  # noqa: S608
+                # Without columns to keep (the source fills every column) the join would find nothing to carry.
+                kept_join = f"LEFT JOIN fcc_kept AS o USING ({key_list}) " if retained else ""
                 connection.execute(
                     f"INSERT INTO {target} ({insert}) SELECT {select} FROM read_parquet(?) AS s "  # noqa: S608
-                    f"LEFT JOIN fcc_kept AS o USING ({key_list}) WHERE {in_dates.replace('ts_minute', 's.ts_minute')}",
+                    f"{kept_join}WHERE {in_dates.replace('ts_minute', 's.ts_minute')}",
                     [list(files), day_list],
                 )
-                connection.execute("DROP TABLE fcc_kept")
+                if retained:
+                    connection.execute("DROP TABLE fcc_kept")
                 connection.execute("COMMIT")
             except BaseException:
                 connection.execute("ROLLBACK")

@@ -31,16 +31,30 @@ return 1
 """
 
 
+MISSING = OnlineValue(None, None, "missing")
+# A store is made per request (backends.online_store_for), so the clients (each a connection pool) and the TTLs
+# parsed from the view definition are kept per process; a read fetches the definition with the values, in the
+# same MGET, and parses it again only when it changed.
+_clients: dict[str, redis.Redis] = {}
+_ttls_by_view: dict[tuple[str, str], tuple[bytes | str, dict[str, int]]] = {}
+
+
+def _client(url: str) -> redis.Redis:
+    client = _clients.get(url)
+    if client is None:
+        client = _clients[url] = redis.Redis.from_url(url, socket_timeout=5)
+    return client
+
+
 class RedisOnlineStore(OnlineStore):
     kind = "local"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        url = self.options.get("redis_url") or settings.REDIS_URL
-        self.client = redis.Redis.from_url(url, socket_timeout=5)
+        self.url = self.options.get("redis_url") or settings.REDIS_URL
+        self.client = _client(self.url)
         self.prefix = f"fcc:{self.environment}:"
         self._merge = self.client.register_script(MERGE)
-        self._view: OnlineViewSpec | None = None
 
     def update(self, view: OnlineViewSpec) -> StepOutcome:
         definition = json.dumps(
@@ -56,7 +70,6 @@ class RedisOnlineStore(OnlineStore):
         if self.client.get(key) == definition.encode():
             return StepOutcome(request=[f"SET {key}"], changed=False)
         self.client.set(key, definition)
-        self._view = None
         return StepOutcome(request=[f"SET {key}: {len(view.features)} features"], changed=True)
 
     def describe(self) -> OnlineViewSpec | None:
@@ -71,13 +84,18 @@ class RedisOnlineStore(OnlineStore):
             options=data.get("options", {}),
         )
 
-    def _ttls(self) -> dict[str, int]:
-        if self._view is None:
-            self._view = self.describe()
-        return {f.name: f.ttl_seconds for f in self._view.features} if self._view else {}
+    def _ttls(self, definition: bytes | str | None) -> dict[str, int]:
+        if definition is None:
+            return {}
+        cached = _ttls_by_view.get((self.url, self.prefix))
+        if cached is not None and cached[0] == definition:
+            return cached[1]
+        ttls = {f["name"]: f["ttl_seconds"] for f in json.loads(definition)["features"]}
+        _ttls_by_view[(self.url, self.prefix)] = (definition, ttls)
+        return ttls
 
     def write(self, rows: Sequence[tuple[str, datetime, dict[str, Any]]]) -> int:
-        ttls = self._ttls()
+        ttls = self._ttls(self.client.get(self.prefix + "view"))
         longest = max(ttls.values(), default=48 * 3600)
         pipe = self.client.pipeline(transaction=False)
         for entity_id, event_time, values in rows:
@@ -91,9 +109,10 @@ class RedisOnlineStore(OnlineStore):
     def read(
         self, entity_ids: Sequence[str], features: Sequence[str], now: datetime | None = None
     ) -> dict[str, dict[str, OnlineValue]]:
-        ttls = self._ttls()
         moment = (now or datetime.now(UTC)).timestamp()
-        raw = self.client.mget([self.prefix + "e:" + e for e in entity_ids])
+        definition, *raw = self.client.mget([self.prefix + "view", *(self.prefix + "e:" + e for e in entity_ids)])
+        ttls = self._ttls(definition)
+        times: dict[float, datetime] = {}  # an entity's features mostly share one event time
         out: dict[str, dict[str, OnlineValue]] = {}
         for entity_id, blob in zip(entity_ids, raw, strict=True):
             stored = json.loads(blob) if blob else {}
@@ -101,10 +120,16 @@ class RedisOnlineStore(OnlineStore):
             for name in features:
                 item = stored.get(name)
                 if item is None:
-                    values[name] = OnlineValue(None, None, "missing")
-                elif name in ttls and moment - item[1] > ttls[name]:
-                    values[name] = OnlineValue(None, datetime.fromtimestamp(item[1], UTC), "expired")
+                    values[name] = MISSING
+                    continue
+                stamp = item[1]
+                event = times.get(stamp)
+                if event is None:
+                    event = times[stamp] = datetime.fromtimestamp(stamp, UTC)
+                ttl = ttls.get(name)
+                if ttl is not None and moment - stamp > ttl:
+                    values[name] = OnlineValue(None, event, "expired")
                 else:
-                    values[name] = OnlineValue(item[0], datetime.fromtimestamp(item[1], UTC), "present")
+                    values[name] = OnlineValue(item[0], event, "present")
             out[entity_id] = values
         return out
