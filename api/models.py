@@ -35,6 +35,8 @@ class ApiToken(models.Model):
     @classmethod
     def issue(cls, *, user: Any, name: str, expires_at: datetime | None = None) -> tuple["ApiToken", str]:
         secret = secrets.token_urlsafe(32)
+        while secret.startswith("-"):  # `--token -abc...` would read as an option on command lines
+            secret = secrets.token_urlsafe(32)
         token = cls.objects.create(
             user=user, name=name, prefix=secret[:TOKEN_PREFIX_LENGTH], digest=cls.hash(secret), expires_at=expires_at
         )

@@ -479,3 +479,9 @@ def test_json_bodies_keep_unicode(world, client_for):
         f"{API}/change-requests/plan/", {"environment": "dev", "specs": [spec]}, format="json"
     )
     assert response.json()["plan"]["changes"][0]["fields"][0]["new"] == "Δ of the straddle — 📈"
+
+
+def test_issued_tokens_never_start_with_a_dash(users):
+    """`fcc --token -abc` would read the token as an option: one secret in 64 used to start with a dash."""
+    secrets = [ApiToken.issue(user=users["dave"], name=f"t{i}")[1] for i in range(300)]
+    assert not [s for s in secrets if s.startswith("-")]
