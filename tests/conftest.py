@@ -118,6 +118,19 @@ def mini_spec(
 
 
 @pytest.fixture
+def isolated_stores(tmp_path: Path, settings: Any) -> dict[str, Any]:
+    """Every environment's offline and online stores in this test's own folder."""
+    settings.FCC_STORES = {
+        env: {
+            "offline_options": {"path": str(tmp_path / "offline")},
+            "online_options": {"path": str(tmp_path / "online")},
+        }
+        for env in ("dev", "staging", "prod")
+    }
+    return dict(settings.FCC_STORES)
+
+
+@pytest.fixture
 def loaded(reference: None) -> None:
     """The real 932-feature catalog applied to dev (revision 1)."""
     catalog_load(specs_dir=SPECS_DIR, environment_names=["dev"])

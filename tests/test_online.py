@@ -18,14 +18,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def stores(tmp_path, settings):
-    settings.FCC_STORES = {
-        env: {
-            "offline_options": {"path": str(tmp_path / "offline")},
-            "online_options": {"path": str(tmp_path / "online")},
-        }
-        for env in ("dev", "staging", "prod")
-    }
+def stores(isolated_stores, settings):
+    return isolated_stores
 
 
 @pytest.fixture

@@ -28,16 +28,8 @@ def _database_url() -> str:
 
 
 @pytest.fixture
-def store_paths(tmp_path, settings):
-    stores = {
-        name: {
-            "offline_options": {"path": str(tmp_path / "offline")},
-            "online_options": {"path": str(tmp_path / "online")},
-        }
-        for name in ("dev", "staging", "prod")
-    }
-    settings.FCC_STORES = stores
-    return stores
+def store_paths(isolated_stores):
+    return isolated_stores
 
 
 @pytest.fixture
