@@ -37,6 +37,27 @@ class OnlineRow:
         }
 
 
+_online_names: dict[tuple[int, int, Any], frozenset[str]] = {}
+
+
+def online_feature_names(environment: Environment) -> frozenset[str]:
+    """The environment's online features, cached per revision: the catalog changes only by moving the revision,
+    and a read must not pay a catalog query."""
+    # The revision's time too: a database recreated from scratch (tests) reuses ids and revision numbers.
+    key = (environment.pk, environment.revision, environment.updated_at)
+    names = _online_names.get(key)
+    if names is None:
+        names = frozenset(
+            Feature.objects.filter(environment=environment, status=Feature.Status.ACTIVE, online=True).values_list(
+                "name", flat=True
+            )
+        )
+        if len(_online_names) > 64:
+            _online_names.clear()
+        _online_names[key] = names
+    return names
+
+
 def online_features_read(
     *, environment: Environment, entity_ids: Sequence[str], features: Sequence[str]
 ) -> list[OnlineRow]:
@@ -50,11 +71,7 @@ def online_features_read(
             entity_parts(value)
         except ValueError as error:
             problems.append(Problem(f"entity_ids[{i}]", "entity_id", str(error)))
-    online = set(
-        Feature.objects.filter(
-            environment=environment, status=Feature.Status.ACTIVE, online=True, name__in=list(features)
-        ).values_list("name", flat=True)
-    )
+    online = online_feature_names(environment)
     for i, name in enumerate(features):
         if name not in online:
             problems.append(
