@@ -15,7 +15,7 @@ from django.urls import reverse
 from catalog import rules
 from catalog.models import AuditLogEntry, ChangeRequest, Component, Environment, Feature, Team
 from provisioning.desired import ONLINE_VIEW_NAME as ONLINE_VIEW_NAME
-from provisioning.models import Backfill, DriftReport, ProvisioningRun, ProvisioningStep
+from provisioning.models import Backfill, DriftReport, OnlineSyncState, ProvisioningRun, ProvisioningStep
 
 DEFAULT_ENVIRONMENT = "dev"
 TRAINING_VIEW = "training_dataset"
@@ -411,7 +411,17 @@ def online_store_status(environment: Environment) -> dict[str, Any]:
         .first()
     )
     online = Feature.objects.filter(environment=environment, status=Feature.Status.ACTIVE, online=True).count()
-    return {"view": ONLINE_VIEW_NAME, "last_update": step, "catalog_online": online}
+    # Freshness from the online sync's own records: the newest event time it has written, and when it last ran.
+    syncs = OnlineSyncState.objects.filter(environment=environment)
+    newest = max((s.watermark for s in syncs if s.watermark), default=None)
+    last_sync = max((s.last_run_at for s in syncs if s.last_run_at), default=None)
+    return {
+        "view": ONLINE_VIEW_NAME,
+        "last_update": step,
+        "catalog_online": online,
+        "newest_value": newest,
+        "last_sync": last_sync,
+    }
 
 
 def home_summary(environment: Environment) -> dict[str, Any]:

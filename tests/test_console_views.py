@@ -154,9 +154,26 @@ def test_home_shows_the_environment_honestly(users, proposed, provisioned):
     assert "Environment dev" in body
     assert f"CR-{proposed.pk}" in body  # pending
     assert "No drift check yet" in body
-    assert "no data yet" in body  # online value freshness is not reported by the store
+    assert "the online sync has not written values" in body  # no sync has run: no freshness to show
     assert f"run #{provisioned.pk}" in body  # the online resources were updated by the bootstrap run
     assert "No backfills yet." in body
+
+
+def test_home_shows_the_online_values_freshness_from_the_sync(users, proposed, provisioned):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from catalog.models import Environment
+    from provisioning.models import OnlineSyncState
+
+    newest = timezone.now() - dt.timedelta(minutes=7)
+    OnlineSyncState.objects.create(
+        environment=Environment.objects.get(name="dev"), component="c1", watermark=newest, last_run_at=timezone.now()
+    )
+    body = signed_in(users["erin"]).get("/?env=dev").content.decode()
+    assert f'newest value from <time datetime="{newest.isoformat()[:19]}' in body
+    assert "7\xa0minutes ago" in body
 
 
 def test_home_for_an_empty_environment(users, catalog):
