@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from api import views, views_online, views_provisioning, views_training
+from api import views, views_online, views_provisioning, views_tokens, views_training
 
 router = DefaultRouter()
 router.register("environments", views.EnvironmentViewSet, basename="environment")
@@ -12,6 +12,7 @@ router.register("change-requests", views.ChangeRequestViewSet, basename="change-
 router.register("provisioning-runs", views.ProvisioningRunViewSet, basename="provisioning-run")
 router.register("audit-log", views.AuditLogViewSet, basename="audit-log")
 router.register("backfills", views_provisioning.BackfillViewSet, basename="backfill")
+router.register("tokens", views_tokens.ApiTokenViewSet, basename="token")
 router.register("training-datasets", views_training.TrainingDatasetViewSet, basename="training-dataset")
 
 urlpatterns = [
