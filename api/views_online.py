@@ -1,5 +1,6 @@
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -28,7 +29,7 @@ class OnlineReadSerializer(serializers.Serializer[Any]):
 
 
 class OnlineFeaturesView(APIView):
-    @extend_schema(request=OnlineReadSerializer, responses={200: serializers.JSONField()})
+    @extend_schema(request=OnlineReadSerializer, responses={200: OpenApiTypes.OBJECT})
     def post(self, request: Request) -> Response:
         """Latest online values by entity: ids (`NIFTY_202611270915_3`) or their parts; status present,
         missing or expired for every value."""

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -48,13 +49,13 @@ class DriftView(APIView):
 
 
 class CostsView(APIView):
-    @extend_schema(responses={200: serializers.JSONField()})
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request, name: str) -> Response:
         return Response(environment_costs(environment_get(name)))
 
 
 class RunRetryView(APIView):
-    @extend_schema(request=None, responses={202: serializers.JSONField()})
+    @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT})
     def post(self, request: Request, pk: int) -> Response:
         """Puts a failed run back in the queue; it resumes at its first unfinished step."""
         user: Any = request.user

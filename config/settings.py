@@ -140,6 +140,14 @@ SPECTACULAR_SETTINGS = {
     # Swagger UI assets served by the console itself (no CDN: it works offline).
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "ChangeRequestState": "catalog.models.ChangeRequest.State",
+        "FeatureStatus": "catalog.models.Feature.Status",
+        "ProvisioningRunState": "provisioning.models.ProvisioningRun.State",
+        "BackfillState": "provisioning.models.Backfill.State",
+        "EnvironmentName": "catalog.models.Environment.Name",
+        "BackfillPartitionStatus": "provisioning.models.BackfillPartition.Status",
+    },
 }
 
 # Celery: Redis (or any broker URL) when CELERY_BROKER_URL is set; otherwise a filesystem broker under
@@ -235,3 +243,19 @@ CELERY_BEAT_SCHEDULE = {
 # and how many partitions one job replaces (BigQuery lets a job modify at most 4,000).
 FCC_PARQUET_ROOT = os.environ.get("FCC_PARQUET_ROOT", str(DATA_DIR / "parquet"))
 FCC_BACKFILL_PARTITIONS_PER_JOB = int(os.environ.get("FCC_BACKFILL_PARTITIONS_PER_JOB", "31"))
+
+# Production hardening (`python manage.py check --deploy` passes with DJANGO_PRODUCTION=1 and a real secret key).
+if env_bool("DJANGO_PRODUCTION", False):
+    if SECRET_KEY.startswith("insecure-") or len(SECRET_KEY) < 50:
+        raise RuntimeError("DJANGO_PRODUCTION=1 needs DJANGO_SECRET_KEY: at least 50 random characters")
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "31536000"))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
