@@ -15,7 +15,7 @@ from typing import Any
 from django.conf import settings
 
 from provisioning.offline.base import StepOutcome
-from provisioning.online.base import OnlineFeature, OnlineStore, OnlineValue, OnlineViewSpec
+from provisioning.online.base import OnlineFeature, OnlineStore, OnlineValue, OnlineViewSpec, unpack_rows
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feature_view (
@@ -29,7 +29,6 @@ READ_ROW = "SELECT entity_id, values_json FROM online_values WHERE entity_id = ?
 # One statement for any number of keys (a primary-key seek per key), the keys bound as one JSON array.
 READ_ROWS = "SELECT entity_id, values_json FROM online_values WHERE entity_id IN (SELECT value FROM json_each(?))"
 OPEN_FILES_PER_THREAD = 8
-MISSING = OnlineValue(None, None, "missing")
 
 # Opening a connection and creating the schema cost ten times a read, so each thread keeps one connection per
 # file (sqlite3 connections belong to the thread that opened them), and each process the parsed TTLs of the
@@ -162,28 +161,7 @@ class LocalOnlineStore(OnlineStore):
             found = dict(connection.execute(READ_ROW, [entity_ids[0]]).fetchall())
         else:
             found = dict(connection.execute(READ_ROWS, [json.dumps(list(entity_ids))]).fetchall())
-        times: dict[float, datetime] = {}  # an entity's features mostly share one event time
-        out: dict[str, dict[str, OnlineValue]] = {}
-        for entity_id in entity_ids:
-            packed = found.get(entity_id)
-            stored = json.loads(packed) if packed else {}
-            values = {}
-            for name in features:
-                item = stored.get(name)
-                if item is None:
-                    values[name] = MISSING
-                    continue
-                stamp = item[1]
-                event = times.get(stamp)
-                if event is None:
-                    event = times[stamp] = datetime.fromtimestamp(stamp, UTC)
-                ttl = ttls.get(name)
-                if ttl is not None and moment - stamp > ttl:
-                    values[name] = OnlineValue(None, event, "expired")
-                else:
-                    values[name] = OnlineValue(item[0], event, "present")
-            out[entity_id] = values
-        return out
+        return unpack_rows(((e, found.get(e)) for e in entity_ids), features, ttls, moment)
 
 
 def _file_identity(path: str) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import redis
 from django.conf import settings
 
 from provisioning.offline.base import StepOutcome
-from provisioning.online.base import OnlineFeature, OnlineStore, OnlineValue, OnlineViewSpec
+from provisioning.online.base import OnlineFeature, OnlineStore, OnlineValue, OnlineViewSpec, unpack_rows
 
 MERGE = """
 local current = redis.call('GET', KEYS[1])
@@ -31,7 +31,6 @@ return 1
 """
 
 
-MISSING = OnlineValue(None, None, "missing")
 # A store is made per request (backends.online_store_for), so the clients (each a connection pool) and the TTLs
 # parsed from the view definition are kept per process; a read fetches the definition with the values, in the
 # same MGET, and parses it again only when it changed.
@@ -112,24 +111,4 @@ class RedisOnlineStore(OnlineStore):
         moment = (now or datetime.now(UTC)).timestamp()
         definition, *raw = self.client.mget([self.prefix + "view", *(self.prefix + "e:" + e for e in entity_ids)])
         ttls = self._ttls(definition)
-        times: dict[float, datetime] = {}  # an entity's features mostly share one event time
-        out: dict[str, dict[str, OnlineValue]] = {}
-        for entity_id, blob in zip(entity_ids, raw, strict=True):
-            stored = json.loads(blob) if blob else {}
-            values = {}
-            for name in features:
-                item = stored.get(name)
-                if item is None:
-                    values[name] = MISSING
-                    continue
-                stamp = item[1]
-                event = times.get(stamp)
-                if event is None:
-                    event = times[stamp] = datetime.fromtimestamp(stamp, UTC)
-                ttl = ttls.get(name)
-                if ttl is not None and moment - stamp > ttl:
-                    values[name] = OnlineValue(None, event, "expired")
-                else:
-                    values[name] = OnlineValue(item[0], event, "present")
-            out[entity_id] = values
-        return out
+        return unpack_rows(zip(entity_ids, raw, strict=True), features, ttls, moment)
