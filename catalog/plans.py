@@ -330,6 +330,13 @@ def plan_hash(plan: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def usd_format(amount: float) -> str:
+    """Dollars for people: cents, but small amounts keep four decimals instead of showing as $0.00."""
+    if amount and abs(amount) < 0.01:
+        return f"${amount:.4f}"
+    return f"${amount:,.2f}"
+
+
 def plan_text(plan: Mapping[str, Any]) -> str:
     """The plan as a human reads it in CI logs: one line per change and one per changed field."""
     marks = {"create": "+", "update": "~", "rename": "~", "reactivate": "+", "deprecate": "-"}
@@ -363,8 +370,8 @@ def plan_text(plan: Mapping[str, Any]) -> str:
     cost = plan.get("cost")
     if cost:
         lines.append(
-            f"  Cost: +${cost['storage_usd_per_month']:.2f}/month storage, "
-            f"${cost['backfill_scan_usd']:.2f} one-off backfill scan, "
-            f"+${cost['online_usd_per_month']:.2f}/month online serving."
+            f"  Cost: +{usd_format(cost['storage_usd_per_month'])}/month storage, "
+            f"{usd_format(cost['backfill_scan_usd'])} one-off backfill scan, "
+            f"+{usd_format(cost['online_usd_per_month'])}/month online serving."
         )
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from django.db import transaction
 
 from catalog import rules
 from catalog.models import AuditLogEntry, ChangeRequest, Environment, Feature, FeatureVersion
-from catalog.plans import plan_text
+from catalog.plans import plan_text, usd_format
 from catalog.services import change_request_plan, plan_apply
 from provisioning.models import ProvisioningRun
 from tests.conftest import mini_spec
@@ -152,6 +152,11 @@ def test_new_feature_is_additive_with_an_add_columns_step(base):
     assert "schedule_backfill" not in kinds(plan)
     assert plan["is_breaking"] is False
     assert "  + c1.c1_delta (create, additive)" in plan_text(plan).splitlines()
+    # A new column on a small table costs fractions of a cent: the text shows them, not "$0.00".
+    cost_line = next(line for line in plan_text(plan).splitlines() if line.startswith("  Cost:"))
+    assert plan["cost"]["storage_usd_per_month"] > 0
+    assert "+$0.00/month storage" not in cost_line
+    assert usd_format(plan["cost"]["storage_usd_per_month"]) in cost_line
 
 
 def test_widening_int64_to_float64_is_additive_in_place(base):

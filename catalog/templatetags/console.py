@@ -9,6 +9,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from catalog import rules
+from catalog.plans import usd_format
 
 register = template.Library()
 
@@ -82,9 +83,7 @@ def usd(value: Any) -> str:
         amount = float(value)
     except (TypeError, ValueError):
         return "—"
-    if amount and abs(amount) < 0.01:
-        return f"${amount:.4f}"
-    return f"${amount:,.2f}"
+    return usd_format(amount)
 
 
 @register.filter
