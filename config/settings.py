@@ -153,7 +153,8 @@ SPECTACULAR_SETTINGS = {
 # Celery: Redis (or any broker URL) when CELERY_BROKER_URL is set; otherwise a filesystem broker under
 # DATA_DIR that needs no server. Tasks always run in a worker process; eager mode is for unit tests only.
 _broker_dir = DATA_DIR / "broker"
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+# The filesystem URL names a host only so that kombu does not log a warning about its absence.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://localhost/")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     for sub in ("out", "processed", "control"):
         (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -165,8 +166,22 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(_broker_dir / "control"),
     }
 else:
-    # A task not acknowledged within the visibility timeout is delivered again (acks_late, see workers/).
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    # A task not acknowledged within the visibility timeout is delivered again (acks_late, see workers/); a
+    # second delivery of a task still running does nothing (its claim is a compare-and-set). A message a worker
+    # had received when the broker went away is delivered again after this timeout. The socket options make a
+    # dead broker connection noticed in seconds, not when the kernel gives up on it.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": int(os.environ.get("FCC_BROKER_VISIBILITY_TIMEOUT", "3600")),
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 10,
+        "retry_on_timeout": True,
+    }
+# Workers ride out a broker outage of any length: they reconnect forever (with backoff) instead of exiting
+# after 100 attempts; a running task keeps running and its late acknowledgement is redelivered at worst.
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
