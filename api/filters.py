@@ -1,9 +1,36 @@
+from typing import Any
+
 import django_filters
+from django import forms
 from django.db.models import Q, QuerySet
 
 from catalog import rules
 from catalog.models import AuditLogEntry, ChangeRequest, Component, Environment, Feature
 from provisioning.models import ProvisioningRun
+
+
+class StrictBooleanField(forms.NullBooleanField):
+    """`true`/`false` (or 1/0); anything else is an error naming the parameter, not a silently ignored filter."""
+
+    widget = forms.TextInput
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_python(self, value: Any) -> bool | None:  # type: ignore[override]  # NullBooleanField returns None too
+        if value in (None, ""):
+            return None
+        text = str(value).strip().lower()
+        if text in ("true", "1"):
+            return True
+        if text in ("false", "0"):
+            return False
+        raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
+
+    def validate(self, value: Any) -> None:
+        pass
+
+
+class StrictBooleanFilter(django_filters.BooleanFilter):
+    field_class = StrictBooleanField
 
 
 class FeatureFilter(django_filters.FilterSet):
@@ -15,7 +42,7 @@ class FeatureFilter(django_filters.FilterSet):
         field_name="component", to_field_name="key", queryset=Component.objects.all()
     )
     owner = django_filters.CharFilter(field_name="owner__slug")
-    online = django_filters.BooleanFilter()
+    online = StrictBooleanFilter()
     status = django_filters.ChoiceFilter(choices=Feature.Status.choices)
     dtype = django_filters.ChoiceFilter(choices=[(d, d) for d in rules.DTYPES])
     name = django_filters.CharFilter()
@@ -38,7 +65,7 @@ class ChangeRequestFilter(django_filters.FilterSet):
     environment = django_filters.CharFilter(field_name="environment__name")
     state = django_filters.MultipleChoiceFilter(choices=ChangeRequest.State.choices)
     author = django_filters.CharFilter(field_name="author__username")
-    is_breaking = django_filters.BooleanFilter()
+    is_breaking = StrictBooleanFilter()
 
     class Meta:
         model = ChangeRequest

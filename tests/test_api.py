@@ -239,9 +239,18 @@ def test_tag_filter_matches_whole_tags_only(world, client_for):
     assert count(client, tag="minu") == 0
 
 
-@pytest.mark.parametrize("params", [{"status": "retired"}, {"dtype": "float128"}])
+@pytest.mark.parametrize("params", [{"status": "retired"}, {"dtype": "float128"}, {"online": "maybe"}])
 def test_invalid_filter_values_are_400(world, client_for, params):
-    assert_error_body(client_for("erin").get(f"{API}/features/", params), 400)
+    response = client_for("erin").get(f"{API}/features/", params)
+    assert_error_body(response, 400)
+    assert [error["path"] for error in response.json()["errors"]] == list(params)
+
+
+def test_boolean_filters_take_true_false_and_one_zero(world, client_for):
+    client = client_for("erin")
+    assert count(client, online="1") == count(client, online="true") > 0
+    assert count(client, online="0") == count(client, online="false") > 0
+    assert_error_body(client.get(f"{API}/change-requests/", {"is_breaking": "sometimes"}), 400)
 
 
 def test_feature_list_filters_deprecated_features(world, client_for):
