@@ -180,7 +180,7 @@ def compute_plan(
                 )
                 added_columns.append(_column(column, feature.dtype))
                 backfills.append({"component": spec.component, "feature": feature.name, "column": column})
-                online_changed = online_changed or feature.online or old_state.online
+                online_changed = True  # the online store registers every feature (Vertex AI: one Feature each)
                 continue
             if old_state is None:
                 column = rules.column_name(feature.name, 1)
@@ -202,7 +202,7 @@ def compute_plan(
                     }
                 )
                 added_columns.append(_column(column, feature.dtype))
-                online_changed = online_changed or feature.online
+                online_changed = True  # registered in the online store's registry, online or not
                 continue
             fields, classification, reasons = _diff_feature(feature, old_state, spec.owner)
             action = "update"
@@ -228,9 +228,8 @@ def compute_plan(
                         "new": rules.DTYPES[feature.dtype].bigquery,
                     }
                 )
-            if any(f["field"] == "online" for f in fields) or (
-                feature.online and any(f["field"] in ("dtype", "ttl") for f in fields)
-            ):
+            # The registry records every feature's dtype and TTL, and reads its current column.
+            if any(f["field"] in ("online", "dtype", "ttl") for f in fields):
                 online_changed = True
             changes.append(
                 {

@@ -194,13 +194,14 @@ def online_source_view_sql(
     project: str, dataset: str, component: str, columns: Sequence[tuple[str, str]], window_seconds: int
 ) -> str:
     """The BigQuery view a component's FeatureGroup reads: the catalog's entity id, the feature timestamp and
-    the online features under their names, for the rows younger than `window_seconds` (the longest TTL).
+    the component's features under their names (one Vertex AI Feature each), for the rows younger than
+    `window_seconds` (the longest TTL of its online features: what a feature view sync reads).
 
-    `columns`: (table column, feature name) for the component's online features. The offline store creates it
+    `columns`: (current table column, feature name) for the component's features. The offline store creates it
     (replace_view) before update() registers the group: Vertex checks the source when features are created.
     """
     if not columns:
-        raise ValueError(f"{component} has no online features: it needs no online source view")
+        raise ValueError(f"{component} has no features: it needs no source view")
     if window_seconds <= 0:
         raise ValueError("the online window must be positive")
     table = qualified(project, dataset, f"{component}_features")

@@ -66,30 +66,50 @@ def training_view(environment: Environment) -> str:
 
 
 def online_view(environment: Environment) -> OnlineViewSpec:
-    online = Feature.objects.filter(environment=environment, status=Feature.Status.ACTIVE, online=True).order_by("name")
+    """The 32 online features served, and every feature of the catalog registered (active and deprecated: a
+    deprecated feature keeps its column; the online store never unregisters one)."""
+    features = (
+        Feature.objects.filter(environment=environment).select_related("component").order_by("component__key", "name")
+    )
+    served: list[OnlineFeature] = []
+    registered: list[OnlineFeature] = []
+    for f in features:
+        feature = OnlineFeature(name=f.name, dtype=f.dtype, ttl_seconds=f.ttl_seconds, component=f.component.key)
+        registered.append(feature)
+        if f.online and f.status == Feature.Status.ACTIVE:
+            served.append(feature)
     return OnlineViewSpec(
         name=ONLINE_VIEW_NAME,
         entity_type="instrument_minute",
-        features=tuple(
-            OnlineFeature(name=f.name, dtype=f.dtype, ttl_seconds=f.ttl_seconds, component=f.component.key)
-            for f in online.select_related("component")
-        ),
+        features=tuple(sorted(served, key=lambda f: f.name)),
         options={"id_template": "${symbol}_${yyyymmddHHMM}_${dte}"},
+        registered=tuple(registered),
     )
 
 
 def online_source_views(environment: Environment) -> dict[str, str]:
-    """View name -> BigQuery statement: per component with online features, the rows within the longest TTL
-    keyed by the catalog's entity id (what a Vertex AI feature group reads)."""
-    by_component: dict[str, list[tuple[str, str]]] = {}
-    windows: dict[str, int] = {}
-    online = Feature.objects.filter(environment=environment, status=Feature.Status.ACTIVE, online=True).order_by("name")
-    for component, column, name, ttl in online.values_list("component__key", "column_name", "name", "ttl_seconds"):
-        by_component.setdefault(component, []).append((column, name))
-        windows[component] = max(windows.get(component, 0), ttl)
+    """View name -> BigQuery statement: per component, the current column of every feature of its catalog
+    under the feature's name, keyed by the catalog's entity id (what its Vertex AI feature group reads), for
+    the rows within the serving window: the longest TTL of the component's online features (what a feature view
+    sync reads), or of all its features when none is online."""
+    columns: dict[str, list[tuple[str, str]]] = {}
+    online_windows: dict[str, int] = {}
+    all_windows: dict[str, int] = {}
+    features = Feature.objects.filter(environment=environment).order_by("component__key", "name")
+    for component, column, name, ttl, online, status in features.values_list(
+        "component__key", "column_name", "name", "ttl_seconds", "online", "status"
+    ):
+        columns.setdefault(component, []).append((column, name))
+        all_windows[component] = max(all_windows.get(component, 0), ttl)
+        if online and status == Feature.Status.ACTIVE:
+            online_windows[component] = max(online_windows.get(component, 0), ttl)
     return {
         f"{component}{SOURCE_SUFFIX}": online_source_view_sql(
-            environment.gcp_project, environment.bigquery_dataset, component, columns, windows[component]
+            environment.gcp_project,
+            environment.bigquery_dataset,
+            component,
+            selected,
+            online_windows.get(component) or all_windows[component],
         )
-        for component, columns in sorted(by_component.items())
+        for component, selected in sorted(columns.items())
     }

@@ -9,6 +9,7 @@ from provisioning.backends import offline_store_for, online_store_for
 from provisioning.ddl import CLUSTER_COLUMNS, PARTITION_COLUMN, VIEW_NAME
 from provisioning.errors import StoreError
 from provisioning.models import DriftReport
+from provisioning.online.base import OnlineFeature, OnlineStore
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def drift_findings(environment: Environment) -> list[dict[str, Any]]:
         findings.append(_finding("missing_view", f"{dataset}.{VIEW_NAME}"))
 
     view = desired.online_view(environment)
-    live_view = online_store_for(environment).describe()
+    online_store = online_store_for(environment)
+    live_view = online_store.describe()
     if view.features and live_view is None:
         findings.append(_finding("missing_online_view", view.name, [f.name for f in view.features]))
     elif live_view is not None:
@@ -65,6 +67,30 @@ def drift_findings(environment: Environment) -> list[dict[str, Any]]:
                         "online_ttl_mismatch", f"{view.name}.{name}", want[name].ttl_seconds, have[name].ttl_seconds
                     )
                 )
+    findings.extend(_registered_findings(view.registered, online_store))
+    return findings
+
+
+def _registered_findings(wanted: tuple[OnlineFeature, ...], store: OnlineStore) -> list[dict[str, Any]]:
+    """Features the catalog has and the store's registry (Vertex AI: the component's FeatureGroup) lacks."""
+    live = store.registered_features(sorted({f.component for f in wanted}))
+    if live is None:
+        return []  # the store keeps no registry
+    findings = []
+    for feature in sorted(wanted, key=lambda f: (f.component, f.name)):
+        have = live.get(feature.component, {}).get(feature.name)
+        target = f"{feature.component}.{feature.name}"
+        if have is None:
+            findings.append(_finding("missing_registered_feature", target, feature.dtype))
+        elif (have.dtype, have.ttl_seconds) != (feature.dtype, feature.ttl_seconds):
+            findings.append(
+                _finding(
+                    "registered_feature_mismatch",
+                    target,
+                    {"dtype": feature.dtype, "ttl_seconds": feature.ttl_seconds},
+                    {"dtype": have.dtype, "ttl_seconds": have.ttl_seconds},
+                )
+            )
     return findings
 
 

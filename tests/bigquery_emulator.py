@@ -63,11 +63,17 @@ def require_emulator_venv() -> Path:
 
 
 @contextmanager
-def running_emulator(venv: Path, workdir: Path, project: str = PROJECT) -> Iterator[Emulator]:
+def running_emulator(
+    venv: Path, workdir: Path, project: str = PROJECT, *, gcs_local_root: Path | None = None
+) -> Iterator[Emulator]:
+    """`gcs_local_root`: where the emulator's load jobs find gs://bucket/name (as root/bucket/name), e.g. the
+    folder of a Cloud Storage emulator (tests/gcs_emulator.py)."""
     home, data, log = workdir / "home", workdir / "data", workdir / "emulator.log"
     home.mkdir(parents=True, exist_ok=True)
     # A minimal environment: the emulator's settings read any variable named like them (DATA_DIR, ...).
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LC_ALL": "C.UTF-8", "TZ": "UTC"}
+    if gcs_local_root is not None:
+        env["GCS_LOCAL_ROOT"] = str(gcs_local_root)
     subprocess.run(
         [str(venv / "bin" / "python"), "-c", INSTALL_EXTENSIONS], env=env, check=True, timeout=120, cwd=workdir
     )

@@ -44,10 +44,18 @@ VIEW_NAME = f"{STORE_NAME}/featureViews/{VIEW}"
 GROUP_C1 = f"projects/{PROJECT}/locations/{REGION}/featureGroups/market_regime_{ENV}_c1"
 
 
-def spec(*features: OnlineFeature, name: str = VIEW) -> OnlineViewSpec:
+def spec(*features: OnlineFeature, name: str = VIEW, registered: tuple[OnlineFeature, ...] = ()) -> OnlineViewSpec:
     return OnlineViewSpec(
-        name=name, entity_type="instrument_minute", features=features, options={"id_template": ID_TEMPLATE}
+        name=name,
+        entity_type="instrument_minute",
+        features=features,
+        options={"id_template": ID_TEMPLATE},
+        registered=registered,
     )
+
+
+def offline_features(component: str, count: int, ttl: int = D30) -> tuple[OnlineFeature, ...]:
+    return tuple(OnlineFeature(f"{component}_f{i:03d}", "float64", ttl, component) for i in range(count))
 
 
 @pytest.fixture
@@ -305,7 +313,7 @@ def test_a_second_update_only_reads(fake):
     assert {c.method for c in fake.requests[before:]} <= {
         "GetFeatureOnlineStore",
         "GetFeatureGroup",
-        "GetFeature",
+        "ListFeatures",
         "GetFeatureView",
     }
 
@@ -320,6 +328,92 @@ def test_removing_and_adding_a_feature_touches_only_the_new_feature_and_the_view
     }
     # The feature left the view but stays registered over its BigQuery column: nothing is deleted.
     assert fake.get(f"{GROUP_C1}/features/straddle_premium") is not None
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_every_registered_feature_gets_a_feature_in_batches_and_only_online_ones_are_served(fake, transport):
+    # c1 has 220 features besides its 2 online ones (3 batches, and 3 pages when listed), c4 only offline ones.
+    registered = (*offline_features("c1", 220), *offline_features("c4", 7, H48), ATM_IV, STRADDLE, GEX)
+    outcome = vertex(fake, transport=transport).update(spec(ATM_IV, STRADDLE, GEX, registered=registered))
+    assert outcome.changed is True
+    assert fake.calls("CreateFeature") == []
+    batches = fake.calls("BatchCreateFeatures")
+    assert {c.transport for c in batches} == {transport}
+    assert sorted(len(c.body["requests"]) for c in batches) == [1, 7, 22, 100, 100]
+    group_c4 = GROUP_C1.replace("_c1", "_c4")
+    for feature in registered:
+        group = GROUP_C1 if feature.component == "c1" else group_c4 if feature.component == "c4" else None
+        if group is None:
+            continue
+        live = fake.get(f"{group}/features/{feature.name}")
+        assert live is not None, feature.name
+        assert live["versionColumnName"] == feature.name
+        assert live["labels"] == {
+            "fcc_dtype": feature.dtype,
+            "fcc_ttl_seconds": str(feature.ttl_seconds),
+            "fcc_component": feature.component,
+        }
+    assert fake.get(group_c4)["bigQuery"]["bigQuerySource"] == {
+        "inputUri": f"bq://{PROJECT}.market_regime_{ENV}.c4_features_online"
+    }
+    # The feature view serves the online features only; c4 has none, so it is not part of the view.
+    assert fake.get(VIEW_NAME)["featureRegistrySource"]["featureGroups"] == [
+        {"featureGroupId": f"market_regime_{ENV}_c1", "featureIds": ["atm_iv", "straddle_premium"]},
+        {"featureGroupId": f"market_regime_{ENV}_c2", "featureIds": ["gamma_exposure"]},
+    ]
+    store = vertex(fake, transport=transport)
+    assert set(by_name(store.describe())) == {"atm_iv", "straddle_premium", "gamma_exposure"}
+    live = store.registered_features(["c1", "c2", "c4", "c8"])
+    assert live is not None
+    assert {c: len(fs) for c, fs in live.items()} == {"c1": 222, "c2": 1, "c4": 7}
+    assert live["c4"]["c4_f003"] == OnlineFeature("c4_f003", "float64", H48, "c4")
+
+    before = len(fake.requests)
+    again = vertex(fake, transport=transport).update(spec(ATM_IV, STRADDLE, GEX, registered=registered))
+    assert again.changed is False
+    methods = [c.method for c in fake.requests[before:]]
+    assert set(methods) == {"GetFeatureOnlineStore", "GetFeatureGroup", "ListFeatures", "GetFeatureView"}
+    # One paged listing per group (c1's 222 features: 3 pages of 100), never one call per feature.
+    assert methods.count("ListFeatures") == 3 + 1 + 1
+
+
+def test_a_feature_registered_meanwhile_is_compared_and_the_rest_created_one_by_one(fake, monkeypatch):
+    registered = (*offline_features("c1", 5), ATM_IV)
+    original = fake.call
+
+    def racing(method: str, name: str, body: dict[str, Any], transport: str, **args: Any) -> dict[str, Any]:
+        if method == "BatchCreateFeatures" and not fake.calls("BatchCreateFeatures"):
+            # Another worker registers one of the features between our listing and our batch.
+            fake.resources[f"{GROUP_C1}/features/c1_f002"] = {
+                "versionColumnName": "c1_f002",
+                "labels": {"fcc_dtype": "float64", "fcc_ttl_seconds": str(D30), "fcc_component": "c1"},
+            }
+        return original(method, name, body, transport, **args)
+
+    monkeypatch.setattr(fake, "call", racing)
+    outcome = vertex(fake).update(spec(ATM_IV, registered=registered))
+    assert len(fake.calls("BatchCreateFeatures")) == 1
+    # The batch is refused as a whole (409); the one that exists is compared, the other five created.
+    assert len(fake.calls("CreateFeature")) == 5
+    created = sorted(n.rsplit("/", 1)[-1] for n in outcome.result["created"] if "/features/" in n)
+    assert created == ["atm_iv", "c1_f000", "c1_f001", "c1_f003", "c1_f004"]
+    for feature in registered:
+        assert fake.get(f"{GROUP_C1}/features/{feature.name}") is not None
+    assert vertex(fake).update(spec(ATM_IV, registered=registered)).changed is False
+
+
+def test_a_registered_feature_with_a_bad_id_is_refused_before_any_call(fake):
+    bad = OnlineFeature("Vix-Level", "float64", H48, "c8")
+    with pytest.raises(PermanentStoreError, match=r"Feature ID 'Vix-Level' breaks the rule"):
+        vertex(fake).update(spec(ATM_IV, registered=(ATM_IV, bad)))
+    assert fake.requests == []
+
+
+def test_a_served_feature_registered_differently_is_refused_before_any_call(fake):
+    other = OnlineFeature("atm_iv", "float64", D30, "c1")
+    with pytest.raises(PermanentStoreError, match="one feature, one definition"):
+        vertex(fake).update(spec(ATM_IV, registered=(other,)))
+    assert fake.requests == []
 
 
 def test_labels_someone_else_added_are_kept_and_ours_restored(fake):

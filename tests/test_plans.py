@@ -115,8 +115,9 @@ def test_metadata_change_is_one_field_line(base, field, new):
     assert change["version"] == {"old": 1, "new": 1}
     assert plan["summary"]["metadata-only"] == 1
     assert plan["is_breaking"] is False
-    # Metadata only: no column, no view, no backfill, no online store change (c1_beta is offline).
-    assert kinds(plan) == ["update_table_metadata"]
+    # Metadata only: no column, no view, no backfill. c1_beta is offline, but the online store registers every
+    # feature with its TTL (Vertex AI: a label of its Feature), so a TTL change updates that registration.
+    assert kinds(plan) == ["update_table_metadata", *(["update_online_store"] if field == "ttl" else [])]
     assert f"      {field}: {json.dumps(line['old'])} -> {json.dumps(line['new'])}" in plan_text(plan).splitlines()
 
 
@@ -149,6 +150,8 @@ def test_new_feature_is_additive_with_an_add_columns_step(base):
     add = step(plan, "add_columns")
     assert (add["table"], add["columns"]) == ("c1_features", [{"name": "c1_delta", "type": "STRING"}])
     assert "replace_view" in kinds(plan)
+    # An offline feature too: the online store registers it (its online features do not change).
+    assert step(plan, "update_online_store")["features"] == ["c1_alpha"]
     assert "schedule_backfill" not in kinds(plan)
     assert plan["is_breaking"] is False
     assert "  + c1.c1_delta (create, additive)" in plan_text(plan).splitlines()

@@ -7,11 +7,14 @@ One in-memory state served two ways in the test process, both on 127.0.0.1 ports
 It keeps what the real service keeps for these calls: resources by name (FeatureOnlineStore, FeatureView,
 FeatureGroup, Feature), long-running operations returned already done (or left pending, to test the bounded
 wait), 404 for missing resources and unknown entity ids, 409 for duplicates, 400 for IDs Vertex would refuse
-and for feature views naming unregistered features. Resource names come back with a project number, as the real
-service answers. Faults are injected with `fail(...)`. Every request is recorded in `requests`.
+and for feature views naming unregistered features. Lists come in pages (`page_size` a page unless the request
+asks for fewer, at most 1000, with a next page token), as the real service may split them. BatchCreateFeatures
+creates all of its features or, when one is invalid or exists, none (the real service's partial behaviour is not
+documented). Resource names come back with a project number, as the real service answers. Faults are injected
+with `fail(...)`. Every request is recorded in `requests`.
 
-Not modelled: syncs from BigQuery (tests put values with `serve(...)`), IAM, etags, paging, field validation
-beyond the above, and whether Vertex itself lets an older direct write win (here the last write wins).
+Not modelled: syncs from BigQuery (tests put values with `serve(...)`), IAM, etags, field validation beyond the
+above, and whether Vertex itself lets an older direct write win (here the last write wins).
 """
 
 import json
@@ -93,6 +96,7 @@ class VertexFake:
     requests: list[Call] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     pending_operations: bool = False
+    page_size: int = 100
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _project_id: str = ""
     _http: ThreadingHTTPServer | None = None
@@ -160,6 +164,8 @@ class VertexFake:
                     fault.times -= 1
                     raise FakeError(fault.status, fault.message)
             name = self._canonical(name)
+            if method == "BatchCreateFeatures":
+                return self._batch_create(name, body)
             if method.startswith("Create"):
                 return self._create(method.removeprefix("Create"), name, args["resource_id"], body)
             if method == "GetOperation":
@@ -169,7 +175,7 @@ class VertexFake:
             if method.startswith("Update"):
                 return self._update(method.removeprefix("Update"), name, body, args.get("mask") or "")
             if method.startswith("List"):
-                return self._list(name, args["collection"])
+                return self._list(name, args["collection"], args.get("page_size"), args.get("page_token"))
             if method == "FetchFeatureValues":
                 return self._fetch(name, body)
             if method == "FeatureViewDirectWrite":
@@ -199,6 +205,12 @@ class VertexFake:
         return {**resource, "name": self._public(name)}
 
     def _create(self, kind: str, parent: str, resource_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = self._creatable(kind, parent, resource_id, body)
+        self._store(kind, name, body)
+        return self._operation(name, kind)
+
+    def _creatable(self, kind: str, parent: str, resource_id: str, body: dict[str, Any]) -> str:
+        """The new resource's name, or the error the service answers for it."""
         limit = ID_LIMITS[kind]
         if not ID_PATTERN.match(resource_id) or len(resource_id) > limit:
             raise FakeError(400, f"{kind} ID {resource_id!r} must match ^[a-z_][a-z0-9_]*$, at most {limit} chars.")
@@ -209,11 +221,38 @@ class VertexFake:
         if name in self.resources:
             raise FakeError(409, f"{kind} {name} already exists.")
         self._check(kind, name, body)
+        return name
+
+    def _store(self, kind: str, name: str, body: dict[str, Any]) -> None:
         now = _now()
         self.resources[name] = {**body, "createTime": now, "updateTime": now, "etag": "e1"}
         if kind == "FeatureOnlineStore":
             self.resources[name]["state"] = "STABLE"
-        return self._operation(name, kind)
+
+    def _batch_create(self, parent: str, body: dict[str, Any]) -> dict[str, Any]:
+        requests = body.get("requests", [])
+        if not requests:
+            raise FakeError(400, "requests must not be empty.")
+        names: list[tuple[str, dict[str, Any]]] = []
+        for request in requests:
+            if self._canonical(request.get("parent") or parent) != parent:
+                raise FakeError(400, f"parent {request['parent']} of a child request does not match {parent}.")
+            feature = request.get("feature", {})
+            name = self._creatable("Feature", parent, request.get("featureId", ""), feature)
+            if name in dict(names):
+                raise FakeError(400, f"Feature {name} is twice in the batch.")
+            names.append((name, feature))
+        for name, feature in names:
+            self._store("Feature", name, feature)
+        op_name = f"{parent}/operations/{len(self.operations) + 1}"
+        operation: dict[str, Any] = {"name": self._public(op_name), "done": not self.pending_operations}
+        if not self.pending_operations:
+            operation["response"] = {
+                "@type": "type.googleapis.com/google.cloud.aiplatform.v1.BatchCreateFeaturesResponse",
+                "features": [self._resource(name) for name, _ in names],
+            }
+        self.operations[op_name] = operation
+        return operation
 
     def _check(self, kind: str, name: str, body: dict[str, Any]) -> None:
         if kind == "FeatureOnlineStore" and "bigtable" in body:
@@ -245,7 +284,7 @@ class VertexFake:
         self.resources[name] = updated
         return self._operation(name, kind)
 
-    def _list(self, parent: str, collection: str) -> dict[str, Any]:
+    def _list(self, parent: str, collection: str, page_size: Any = None, page_token: Any = None) -> dict[str, Any]:
         if "/" in parent.split("/locations/", 1)[1] and parent not in self.resources:
             raise FakeError(404, f"{parent} not found.")
         prefix = f"{parent}/{collection}/"
@@ -254,7 +293,14 @@ class VertexFake:
             for n, r in sorted(self.resources.items())
             if n.startswith(prefix) and "/" not in n[len(prefix) :]
         ]
-        return {collection: found}
+        size = min(int(page_size or 0) or self.page_size, self.page_size, 1000)
+        if page_token and not str(page_token).isdigit():
+            raise FakeError(400, f"invalid page token {page_token!r}.")
+        start = int(page_token or 0)
+        page: dict[str, Any] = {collection: found[start : start + size]}
+        if start + size < len(found):
+            page["nextPageToken"] = str(start + size)
+        return page
 
     def _operation(self, name: str, kind: str) -> dict[str, Any]:
         op_name = f"{name}/operations/{len(self.operations) + 1}"
@@ -339,6 +385,8 @@ def _rest_route(verb: str, path: str, query: dict[str, str], body: dict[str, Any
     path = path.removeprefix("/v1/").removeprefix("/ui/")
     if path.endswith(":fetchFeatureValues") and verb == "POST":
         return "FetchFeatureValues", path.removesuffix(":fetchFeatureValues"), {}
+    if path.endswith("/features:batchCreate") and verb == "POST":
+        return "BatchCreateFeatures", path.removesuffix("/features:batchCreate"), {}
     parts = path.split("/")
     if len(parts) % 2 == 1:  # a collection
         collection = parts[-1]
@@ -350,7 +398,8 @@ def _rest_route(verb: str, path: str, query: dict[str, str], body: dict[str, Any
             id_param = kind[0].lower() + kind[1:] + "Id"
             return f"Create{kind}", parent, {"resource_id": query.get(id_param, "")}
         if verb == "GET":
-            return f"List{kind}s", parent, {"collection": collection}
+            paging = {"page_size": query.get("pageSize"), "page_token": query.get("pageToken")}
+            return f"List{kind}s", parent, {"collection": collection, **paging}
     else:
         kind = COLLECTIONS.get(parts[-2])
         if kind is None:
@@ -436,12 +485,11 @@ def _grpc_handlers(fake: VertexFake) -> list[Any]:
         return f"Update{kind}", request_cls, args, operation
 
     def listing(kind: str, collection: str, request_cls: Any, response_cls: Any) -> Any:
-        return (
-            f"List{kind}s",
-            request_cls,
-            lambda r: (r["parent"], {}, {"collection": collection}),
-            plain(response_cls),
-        )
+        def args(r: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+            paging = {"page_size": r.get("pageSize"), "page_token": r.get("pageToken")}
+            return r["parent"], {}, {"collection": collection, **paging}
+
+        return f"List{kind}s", request_cls, args, plain(response_cls)
 
     services = {
         "google.cloud.aiplatform.v1.FeatureRegistryService": [
@@ -452,6 +500,12 @@ def _grpc_handlers(fake: VertexFake) -> list[Any]:
             get("Feature", v1.GetFeatureRequest, v1.Feature),
             update("Feature", v1.UpdateFeatureRequest),
             listing("Feature", "features", v1.ListFeaturesRequest, v1.ListFeaturesResponse),
+            (
+                "BatchCreateFeatures",
+                v1.BatchCreateFeaturesRequest,
+                lambda r: (r["parent"], r, {}),
+                operation,
+            ),
         ],
         "google.cloud.aiplatform.v1.FeatureOnlineStoreAdminService": [
             create("FeatureOnlineStore", v1.CreateFeatureOnlineStoreRequest),

@@ -6,22 +6,26 @@ Resource layout for an environment `{env}` (IDs validated against Vertex's rules
 
 - FeatureOnlineStore `market_regime_{env}` with Bigtable online serving, autoscaling from
   FCC_ONLINE_MIN_NODES / FCC_ONLINE_MAX_NODES / FCC_ONLINE_CPU_TARGET.
-- FeatureGroup `market_regime_{env}_{component}` per component with online features, registered over the
-  BigQuery view `{project}.market_regime_{env}.{component}_features_online` (see `online_source_view_sql`),
-  entity ID column `entity_id`, time series on `feature_timestamp`.
-- Feature `{feature}` in its group, one per online feature, reading the view column of the same name. Vertex
-  keeps no type or TTL for Feature Registry features, so the catalog's dtype and TTL ride along as labels
-  (`fcc_dtype`, `fcc_ttl_seconds`): that is what describe() and read() use.
-- FeatureView `{view.name}` under the online store, a Feature Registry source over those features, synced by
-  cron (option `sync_cron`).
+- FeatureGroup `market_regime_{env}_{component}` per component of the catalog, registered over the BigQuery
+  view `{project}.market_regime_{env}.{component}_features_online` (see `online_source_view_sql`): the
+  component table's current column of every feature under the feature's name, entity ID column `entity_id`,
+  time series on `feature_timestamp`.
+- Feature `{feature}` in its group, one per feature of the catalog (`OnlineViewSpec.registered`, online or not),
+  reading the view column of the same name. Missing ones are created with BatchCreateFeatures, at most
+  FEATURE_BATCH a request, after one paged ListFeatures per group (the full catalog is 8 groups and 932 features:
+  about 20 calls, not 932). Vertex keeps no type or TTL for Feature Registry features, so the catalog's dtype and
+  TTL ride along as labels (`fcc_dtype`, `fcc_ttl_seconds`): that is what describe() and read() use.
+- FeatureView `{view.name}` under the online store, a Feature Registry source over the online features only,
+  synced by cron (option `sync_cron`).
 
 Why a view and not the component table itself: Vertex entity ID columns must hold STRING or INT64 values
 (https://cloud.google.com/vertex-ai/docs/featurestore/latest/prepare-data-source, "Entity ID column"), and
 `ts_minute` is a TIMESTAMP, so `entity_id_columns=["symbol", "ts_minute", "dte"]` cannot key the table; a
 composite key would also make every reader rebuild the parts instead of using the catalog's entity id. The
 view computes `entity_id` exactly as `${symbol}_${yyyymmddHHMM}_${dte}`, so fetches use the catalog's id
-unchanged, and it keeps only the rows younger than the longest TTL: that is a partition filter (the tables
-require one) and bounds what every sync reads.
+unchanged, and it keeps only the rows younger than the longest TTL of the component's online features: that is a
+partition filter (the tables require one) and bounds what every sync reads. The history stays in the table and
+the training_dataset view; the group's features describe it, and serve from the window.
 
 update() never deletes: a feature taken out of the view stays registered in its group (it still describes a
 live BigQuery column), and a group left without online features stays too. Immutable differences (a group's
@@ -68,6 +72,9 @@ CRON = re.compile(r"^((CRON_TZ|TZ)=[A-Za-z0-9_+\-/]+ )?[0-9*/,\-]+( [0-9*/,\-A-Z
 ENTITY_ID_TEMPLATE = "${symbol}_${yyyymmddHHMM}_${dte}"
 IAM_ROLE = "roles/aiplatform.user"
 DIRECT_WRITE_BATCH = 100
+# Features per BatchCreateFeatures request. Vertex documents no limit for feature groups; this keeps each
+# request and its long-running operation small (c6's 220 features take 3 requests).
+FEATURE_BATCH = 100
 
 DTYPE_VALUE_FIELD = {
     "bool": "bool_value",
@@ -333,8 +340,9 @@ class VertexOnlineStore(OnlineStore):
             )
         return {"min_node_count": low, "max_node_count": high, "cpu_utilization_target": cpu}
 
-    def _validate(self, view: OnlineViewSpec) -> dict[str, list[OnlineFeature]]:
-        """Everything Vertex would refuse, refused here before any call. The features by component."""
+    def _validate(self, view: OnlineViewSpec) -> tuple[dict[str, list[OnlineFeature]], dict[str, list[OnlineFeature]]]:
+        """Everything Vertex would refuse, refused here before any call. The served features by component, and
+        the registered ones (every feature of `view.registered`, and the served ones) by component."""
         resource_id_check("FeatureOnlineStore", self.online_store_id)
         resource_id_check("FeatureView", view.name)
         unknown = sorted(set(view.options) - {"id_template"})
@@ -349,19 +357,41 @@ class VertexOnlineStore(OnlineStore):
         by_component: dict[str, list[OnlineFeature]] = {}
         seen: set[str] = set()
         for feature in view.features:
-            resource_id_check("Feature", feature.name)
-            resource_id_check("FeatureGroup", self.feature_group_id(feature.component))
+            self._feature_check(feature)
             if feature.name in seen:
                 raise PermanentStoreError(f"feature {feature.name} is twice in the online view {view.name}")
             seen.add(feature.name)
-            if feature.dtype not in DTYPE_VALUE_FIELD:
-                raise PermanentStoreError(f"feature {feature.name} has dtype {feature.dtype!r}, unknown to Vertex")
-            if feature.ttl_seconds <= 0:
-                raise PermanentStoreError(f"feature {feature.name} needs a positive TTL, not {feature.ttl_seconds}")
-            _label_check(f"feature {feature.name}", self._feature_labels(feature))
             by_component.setdefault(feature.component, []).append(feature)
         _label_check(f"feature view {view.name}", self._view_labels(view))
-        return {c: sorted(fs, key=lambda f: f.name) for c, fs in sorted(by_component.items())}
+        registered: dict[str, OnlineFeature] = {}
+        for feature in view.registered:
+            self._feature_check(feature)
+            if feature.name in registered:
+                raise PermanentStoreError(f"feature {feature.name} is registered twice")
+            registered[feature.name] = feature
+        for feature in view.features:
+            known = registered.setdefault(feature.name, feature)
+            if known != feature:
+                raise PermanentStoreError(
+                    f"feature {feature.name} is served as {feature} but registered as {known}: one feature, one "
+                    "definition"
+                )
+        registered_by_component: dict[str, list[OnlineFeature]] = {}
+        for feature in registered.values():
+            registered_by_component.setdefault(feature.component, []).append(feature)
+        return (
+            {c: sorted(fs, key=lambda f: f.name) for c, fs in sorted(by_component.items())},
+            {c: sorted(fs, key=lambda f: f.name) for c, fs in sorted(registered_by_component.items())},
+        )
+
+    def _feature_check(self, feature: OnlineFeature) -> None:
+        resource_id_check("Feature", feature.name)
+        resource_id_check("FeatureGroup", self.feature_group_id(feature.component))
+        if feature.dtype not in DTYPE_VALUE_FIELD:
+            raise PermanentStoreError(f"feature {feature.name} has dtype {feature.dtype!r}, unknown to Vertex")
+        if feature.ttl_seconds <= 0:
+            raise PermanentStoreError(f"feature {feature.name} needs a positive TTL, not {feature.ttl_seconds}")
+        _label_check(f"feature {feature.name}", self._feature_labels(feature))
 
     def _common_labels(self) -> dict[str, str]:
         return {LABEL_MANAGED: MANAGED_BY, LABEL_ENVIRONMENT: self.environment}
@@ -373,20 +403,23 @@ class VertexOnlineStore(OnlineStore):
         return {**self._common_labels(), LABEL_ENTITY_TYPE: view.entity_type}
 
     def update(self, view: OnlineViewSpec) -> StepOutcome:
-        by_component = self._validate(view)
+        by_component, registered = self._validate(view)
         autoscaling = self._autoscaling()
         self._served = None
         record: list[Any] = []
         created: list[str] = []
         updated: list[str] = []
         self._ensure_online_store(autoscaling, record, created, updated)
-        for component, features in by_component.items():
-            self._ensure_feature_group(component, features, record, created, updated)
-            for feature in features:
-                self._ensure_feature(component, feature, record, created, updated)
+        for component, features in registered.items():
+            self._ensure_feature_group(component, record, created, updated)
+            self._ensure_features(component, features, record, created, updated)
         self._ensure_feature_view(view, by_component, record, created, updated)
         if not record:
-            record.append(f"feature view {view.name}: {len(view.features)} features, unchanged")
+            total = sum(len(fs) for fs in registered.values())
+            record.append(
+                f"feature view {view.name}: {len(view.features)} features served, {total} registered in "
+                f"{len(registered)} groups, unchanged"
+            )
         return StepOutcome(
             request=record, changed=bool(created or updated), result={"created": created, "updated": updated}
         )
@@ -458,14 +491,7 @@ class VertexOnlineStore(OnlineStore):
             )
             updated.append(f"{name} ({', '.join(mask)})")
 
-    def _ensure_feature_group(
-        self,
-        component: str,
-        features: list[OnlineFeature],
-        record: list[Any],
-        created: list[str],
-        updated: list[str],
-    ) -> None:
+    def _ensure_feature_group(self, component: str, record: list[Any], created: list[str], updated: list[str]) -> None:
         registry, _, _ = self._client_set()
         group_id = self.feature_group_id(component)
         name = self._group_name(group_id)
@@ -481,7 +507,7 @@ class VertexOnlineStore(OnlineStore):
                 ),
                 labels=wanted_labels,
                 description=(
-                    f"{component} online features of {self.environment}, keyed by {ENTITY_ID_TEMPLATE}; "
+                    f"{component} features of {self.environment}, keyed by {ENTITY_ID_TEMPLATE}; "
                     "managed by the feature catalog console."
                 ),
             )
@@ -530,31 +556,93 @@ class VertexOnlineStore(OnlineStore):
             )
             updated.append(f"{name} ({', '.join(mask)})")
 
-    def _ensure_feature(
-        self, component: str, feature: OnlineFeature, record: list[Any], created: list[str], updated: list[str]
+    def _list_features(self, group: str) -> dict[str, Any]:
+        """The group's Features by ID (the client's pager follows every page)."""
+        registry, _, _ = self._client_set()
+        with self._calling(f"list Features of {group}"):
+            return {
+                _leaf(f.name): f
+                for f in registry.list_features(parent=group, timeout=self.settings.request_timeout_seconds)
+            }
+
+    def _ensure_features(
+        self, component: str, features: list[OnlineFeature], record: list[Any], created: list[str], updated: list[str]
+    ) -> None:
+        """Compares the registered Features with one listing, creates the missing ones in batches."""
+        group = self._group_name(self.feature_group_id(component))
+        live = self._list_features(group)
+        missing: list[OnlineFeature] = []
+        for feature in features:
+            current = live.get(feature.name)
+            if current is None:
+                missing.append(feature)
+            else:
+                self._compare_feature(f"{group}/features/{feature.name}", current, feature, record, updated)
+        for start in range(0, len(missing), FEATURE_BATCH):
+            self._batch_create(group, missing[start : start + FEATURE_BATCH], record, created, updated)
+
+    def _feature_body(self, feature: OnlineFeature) -> Any:
+        return aiplatform_v1.Feature(version_column_name=feature.name, labels=self._feature_labels(feature))
+
+    def _batch_create(
+        self, group: str, features: list[OnlineFeature], record: list[Any], created: list[str], updated: list[str]
     ) -> None:
         registry, _, _ = self._client_set()
-        group = self._group_name(self.feature_group_id(component))
-        name = f"{group}/features/{feature.name}"
-        wanted_labels = self._feature_labels(feature)
-        live = self._get("Feature", registry.get_feature, name)
-        if live is None:
-            body = aiplatform_v1.Feature(version_column_name=feature.name, labels=wanted_labels)
-            live, made = self._create(
-                "Feature",
-                name,
-                lambda: registry.create_feature(
-                    parent=group, feature=body, feature_id=feature.name, timeout=self.settings.request_timeout_seconds
+        ids = [f.name for f in features]
+        record.append({"call": "BatchCreateFeatures", "name": group, "feature_ids": ids})
+        requests_ = [
+            aiplatform_v1.CreateFeatureRequest(parent=group, feature=self._feature_body(f), feature_id=f.name)
+            for f in features
+        ]
+        try:
+            self._wait(
+                f"create {len(ids)} Features in {group}",
+                lambda: registry.batch_create_features(
+                    parent=group, requests=requests_, timeout=self.settings.request_timeout_seconds
                 ),
-                registry.get_feature,
-                record,
-                body,
             )
-            if made:
-                created.append(name)
-                return
-            if live is None:
-                raise TransientStoreError(f"Feature {name} was being created by someone else; retry")
+        except PermanentStoreError as error:
+            if not isinstance(error.__cause__, gexc.Conflict):
+                raise
+            # Someone registered some of them meanwhile: compare those, create the rest one by one.
+            live = self._list_features(group)
+            for feature in features:
+                name = f"{group}/features/{feature.name}"
+                current = live.get(feature.name)
+                if current is not None:
+                    self._compare_feature(name, current, feature, record, updated)
+                else:
+                    self._create_feature(group, feature, record, created, updated)
+            return
+        created.extend(f"{group}/features/{i}" for i in ids)
+
+    def _create_feature(
+        self, group: str, feature: OnlineFeature, record: list[Any], created: list[str], updated: list[str]
+    ) -> None:
+        registry, _, _ = self._client_set()
+        name = f"{group}/features/{feature.name}"
+        body = self._feature_body(feature)
+        live, made = self._create(
+            "Feature",
+            name,
+            lambda: registry.create_feature(
+                parent=group, feature=body, feature_id=feature.name, timeout=self.settings.request_timeout_seconds
+            ),
+            registry.get_feature,
+            record,
+            body,
+        )
+        if made:
+            created.append(name)
+            return
+        if live is None:
+            raise TransientStoreError(f"Feature {name} was being created by someone else; retry")
+        self._compare_feature(name, live, feature, record, updated)
+
+    def _compare_feature(
+        self, name: str, live: Any, feature: OnlineFeature, record: list[Any], updated: list[str]
+    ) -> None:
+        registry, _, _ = self._client_set()
         column = live.version_column_name or _leaf(live.name)
         if column != feature.name:
             raise PermanentStoreError(
@@ -562,7 +650,7 @@ class VertexOnlineStore(OnlineStore):
                 "delete the feature by hand and rerun",
                 action="replace the feature",
             )
-        labels = _merged_labels(live.labels, wanted_labels)
+        labels = _merged_labels(live.labels, self._feature_labels(feature))
         if labels is not None:
             patch = aiplatform_v1.Feature(name=name, labels=labels)
             record.append({"call": "UpdateFeature", "name": name, "mask": ["labels"], "body": _to_dict(patch)})
@@ -680,25 +768,12 @@ class VertexOnlineStore(OnlineStore):
                 continue
             id_columns.add(tuple(group.big_query.entity_id_columns))
             component = group.labels.get(LABEL_COMPONENT) or group_ref.feature_group_id.rsplit("_", 1)[-1]
-            with self._calling(f"list Features of {group_name}"):
-                registered = {
-                    _leaf(f.name): f
-                    for f in registry.list_features(parent=group_name, timeout=self.settings.request_timeout_seconds)
-                }
+            registered = self._list_features(group_name)
             for feature_id in group_ref.feature_ids:
                 feature = registered.get(feature_id)
                 if feature is None:
                     continue  # served by the view but gone from the registry: drift shows it missing
-                labels = feature.labels
-                ttl = labels.get(LABEL_TTL, "")
-                features.append(
-                    OnlineFeature(
-                        name=feature_id,
-                        dtype=labels.get(LABEL_DTYPE, ""),
-                        ttl_seconds=int(ttl) if ttl.isdigit() else 0,
-                        component=labels.get(LABEL_COMPONENT, component),
-                    )
-                )
+                features.append(_described(feature_id, feature, component))
         options: dict[str, Any] = (
             {"id_template": ENTITY_ID_TEMPLATE}
             if id_columns <= {(ENTITY_ID_COLUMN,)}
@@ -710,6 +785,19 @@ class VertexOnlineStore(OnlineStore):
             features=tuple(sorted(features, key=lambda f: f.name)),
             options=options,
         )
+
+    def registered_features(self, components: Sequence[str]) -> dict[str, dict[str, OnlineFeature]] | None:
+        """The Features registered in the components' groups, as their labels describe them."""
+        registry, _, _ = self._client_set()
+        out: dict[str, dict[str, OnlineFeature]] = {}
+        for component in sorted(set(components)):
+            group_name = self._group_name(resource_id_check("FeatureGroup", self.feature_group_id(component)))
+            if self._get("FeatureGroup", registry.get_feature_group, group_name) is None:
+                continue
+            live = self._list_features(group_name)
+            if live:
+                out[component] = {i: _described(i, f, component) for i, f in sorted(live.items())}
+        return out
 
     def _served_view(self) -> OnlineViewSpec:
         if self._served is None:
@@ -854,6 +942,18 @@ class VertexOnlineStore(OnlineStore):
                     action=f"grant {IAM_ROLE}",
                 )
             raise PermanentStoreError(f"Vertex AI direct write to {view_name} failed: {message}")
+
+
+def _described(feature_id: str, feature: Any, component: str) -> OnlineFeature:
+    """A registered Feature as the catalog knows it, from the labels update() gave it."""
+    labels = feature.labels
+    ttl = labels.get(LABEL_TTL, "")
+    return OnlineFeature(
+        name=feature_id,
+        dtype=labels.get(LABEL_DTYPE, ""),
+        ttl_seconds=int(ttl) if ttl.isdigit() else 0,
+        component=labels.get(LABEL_COMPONENT, component),
+    )
 
 
 def _not_older(event_time: datetime, stored: tuple[Any, datetime | None] | None) -> bool:
