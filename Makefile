@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: run test install migrate bootstrap lint typecheck pytest pytest-services pytest-embedded emulator bench docs clean
+.PHONY: run test install migrate bootstrap lint typecheck pytest pytest-services pytest-embedded emulator bench soak docs clean
 
 $(BIN)/activate: pyproject.toml
 	./scripts/system-packages.sh
@@ -69,6 +69,11 @@ bench: install
 	$(BIN)/python bench/pit_bench.py --days $(BENCH_DAYS)
 	$(BIN)/python bench/backfill_bench.py --days 2
 	$(BIN)/python bench/online_bench.py
+
+# The fault tests repeated (broker and PostgreSQL restarts, a flaky BigQuery), with their figures in a table.
+soak: install emulator
+	./scripts/services-up.sh
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .venv-bqemu var

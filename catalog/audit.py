@@ -1,3 +1,5 @@
+import contextvars
+import logging
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -6,6 +8,10 @@ from django.utils import timezone
 
 from catalog.models import AuditChainHead, AuditLogEntry
 from config.logging import job_id_var, request_id_var
+
+logger = logging.getLogger(__name__)
+# The request in which a service already audited its refusal: the views' generic refusal path then adds nothing.
+_refusal_audited_in: contextvars.ContextVar[str | None] = contextvars.ContextVar("refusal_audited_in", default=None)
 
 
 def audit_log_write(
@@ -81,6 +87,33 @@ def audit_refusal(
         environment=environment,
         after={"reason": reason},
     )
+    _refusal_audited_in.set(request_id_var.get())
+
+
+def audit_access_denied(*, actor: Any, method: str, path: str, status: int, reason: str) -> None:
+    """The one place a refused request is recorded when no service audited it (API and console alike).
+
+    A signed-in user's refusal becomes an `access.denied` entry naming who, what (method and path) and why. An
+    anonymous refusal is only logged: it names nobody, and writing it to the chain would let anyone without
+    credentials grow the audit log and contend for its head.
+    """
+    request_id = request_id_var.get()
+    if request_id is not None and _refusal_audited_in.get() == request_id:
+        return
+    if actor is None or not getattr(actor, "is_authenticated", False):
+        logger.warning(
+            "access denied", extra={"method": method, "path": path, "status": status, "reason": reason[:500]}
+        )
+        return
+    with transaction.atomic():
+        audit_log_write(
+            actor=actor,
+            action="access.denied",
+            object_type="request",
+            object_id=f"{method} {path}"[:64],
+            after={"method": method, "path": path, "status": status, "reason": reason[:500]},
+        )
+    _refusal_audited_in.set(request_id)
 
 
 def audit_log_write_many(

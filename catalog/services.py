@@ -92,7 +92,10 @@ def _catalog_context(environment: Environment, replacing: set[str]) -> CatalogCo
                 retained[component] = retained.get(component, 0) + 1
             else:
                 other_columns += 1
-            other_names.setdefault(column, f"{component}.{name} (version {version} column)")
+            # The column keeps its name taken, except for the feature still named so: after a breaking dtype change
+            # a feature's version 1 column is its own name, and resubmitting that feature is no clash.
+            if column != name:
+                other_names.setdefault(column, f"{component}.{name} (version {version} column)")
     for component, count in (
         Feature.objects.filter(environment=environment, component__key__in=replacing, status=Feature.Status.DEPRECATED)
         .values_list("component__key")
@@ -383,13 +386,24 @@ def change_request_reject(*, user: Any, change_request_id: int, comment: str) ->
 
 def change_request_replan(*, user: Any, change_request_id: int) -> ChangeRequest:
     """Recomputes the plan against the environment's current revision. Earlier approvals no longer count."""
+    current = ChangeRequest.objects.select_related("environment").filter(pk=change_request_id).first()
+    if current is None:
+        raise NotFound(f"change request {change_request_id} does not exist")
+    allowed, reason = roles.can_submit(user, current.components, current.environment_id)
+    if not (allowed or current.author_id == user.pk):
+        audit_refusal(
+            actor=user,
+            action="change_request.replan",
+            object_type="change_request",
+            object_id=current.pk,
+            reason=reason,
+            environment=current.environment.name,
+        )
+        raise PermissionDenied(reason)
     with transaction.atomic():
         cr = _locked_change_request(change_request_id)
         if cr.state != ChangeRequest.State.PROPOSED:
             raise Conflict(f"change request {cr.pk} is {cr.state}; only proposed change requests can be re-planned")
-        allowed, reason = roles.can_submit(user, cr.components, cr.environment_id)
-        if not (allowed or cr.author_id == user.pk):
-            raise PermissionDenied(reason)
         environment = Environment.objects.select_for_update().get(pk=cr.environment_id)
         result = change_request_plan(environment=environment, payload={"specs": cr.specs})
         before = _cr_snapshot(cr)

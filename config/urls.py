@@ -21,6 +21,7 @@ console_patterns = [
     path("runs/", console_views.run_list, name="run-list"),
     path("runs/<int:pk>/", console_views.run_detail, name="run-detail"),
     path("runs/<int:pk>/progress/", console_views.run_progress, name="run-progress"),
+    path("runs/<int:pk>/retry/", console_views.run_retry, name="run-retry"),
     path("backfills/", console_views.backfill_list, name="backfill-list"),
     path("backfills/start/", console_views.backfill_start, name="backfill-start"),
     path("backfills/<int:pk>/", console_views.backfill_detail, name="backfill-detail"),
@@ -43,3 +44,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("", include((console_patterns, "console"))),
 ]
+
+# Under /api/ these answer with the API's error body; elsewhere with Django's pages.
+handler400 = "api.errors.handler400"
+handler404 = "api.errors.handler404"
+handler500 = "api.errors.handler500"

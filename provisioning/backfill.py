@@ -9,7 +9,6 @@ reconciled per partition.
 
 import datetime as dt
 import logging
-import os
 from collections import defaultdict
 from typing import Any
 
@@ -25,7 +24,7 @@ from catalog.models import Component, Environment, Feature
 from provisioning.backends import offline_store_for
 from provisioning.ddl import KEY_COLUMNS
 from provisioning.models import Backfill, BackfillPartition
-from provisioning.parquet_source import ExpectedColumn, SourceFile, schema_problems, source_files
+from provisioning.parquet_source import ExpectedColumn, SourceFile, read_schema, schema_problems, source_files
 
 logger = logging.getLogger(__name__)
 BIGQUERY_PARTITIONS_PER_JOB = 4000
@@ -56,10 +55,10 @@ def _check_source(
     backfill_env: Environment, source: str, components: list[str], start: dt.date | None, end: dt.date | None
 ) -> tuple[list[SourceFile], dict[str, frozenset[str]]]:
     """The source's files, checked against the catalog, and each file's column names."""
-    import pyarrow.parquet as pq
-
     try:
-        files = source_files(source, set(components), start, end)
+        # gs:// sources: the BigQuery backend's load jobs read Cloud Storage; the DuckDB store reads local paths.
+        gcs = offline_store_for(backfill_env).kind == "bigquery"
+        files = source_files(source, set(components), start, end, gcs=gcs)
     except (ValueError, FileNotFoundError) as error:
         raise BackfillSourceError(str(error), problems=[Problem("source", "unreadable_source", str(error))]) from error
     if not files:
@@ -75,7 +74,12 @@ def _check_source(
     columns: dict[str, frozenset[str]] = {}
     first_of_schema: dict[tuple[str, Any], tuple[SourceFile, frozenset[str]]] = {}
     for file in files:
-        schema = pq.read_schema(file.path)
+        try:
+            schema = read_schema(file.path)
+        except (ValueError, FileNotFoundError) as error:
+            raise BackfillSourceError(
+                str(error), problems=[Problem("source", "unreadable_source", str(error))]
+            ) from error
         seen = first_of_schema.get((file.component, schema))
         if seen is None:
             seen = first_of_schema[(file.component, schema)] = (file, frozenset(schema.names))
@@ -195,11 +199,28 @@ def backfill_enqueue(backfill: Backfill) -> None:
     transaction.on_commit(enqueue)
 
 
+def backfill_may_cancel(user: Any, backfill: Backfill) -> bool:
+    return roles.is_admin(user) or roles.is_reviewer(user) or backfill.requested_by_id == user.pk
+
+
 def backfill_cancel(*, user: Any, backfill_id: int) -> Backfill:
+    """Requests a stop (admins, reviewers and the requester); a pending backfill is cancelled at once."""
+    backfill = Backfill.objects.select_related("environment").filter(pk=backfill_id).first()
+    if backfill is None:
+        raise NotFound(f"backfill {backfill_id} does not exist")
+    if not backfill_may_cancel(user, backfill):
+        reason = "only the requester, reviewers and admins may cancel a backfill"
+        audit_refusal(
+            actor=user,
+            action="backfill.cancel",
+            object_type="backfill",
+            object_id=backfill.pk,
+            reason=reason,
+            environment=backfill.environment.name,
+        )
+        raise PermissionDenied(reason)
     with transaction.atomic():
-        backfill = Backfill.objects.select_for_update().select_related("environment").filter(pk=backfill_id).first()
-        if backfill is None:
-            raise NotFound(f"backfill {backfill_id} does not exist")
+        backfill = Backfill.objects.select_for_update().select_related("environment").get(pk=backfill_id)
         if backfill.state not in (Backfill.State.PENDING, Backfill.State.RUNNING):
             raise Conflict(f"backfill {backfill_id} is {backfill.state}; it cannot be cancelled")
         backfill.cancel_requested = True
@@ -246,6 +267,16 @@ def backfill_execute(*, backfill_id: int, worker: str) -> str:
         return "not-claimed"
     backfill = Backfill.objects.select_related("environment").get(pk=backfill_id)
     environment = backfill.environment
+    with transaction.atomic():
+        # One entry per claim: a backfill resumed after its worker died shows its reaping and each new claim.
+        audit_log_write(
+            actor=None,
+            action="backfill.claim",
+            object_type="backfill",
+            object_id=backfill.pk,
+            environment=environment.name,
+            after={"worker": worker, "partitions_done": backfill.partitions_done},
+        )
     try:
         files, columns_by_file = _check_source(
             environment, backfill.source, backfill.components, backfill.start_date, backfill.end_date
@@ -259,9 +290,7 @@ def backfill_execute(*, backfill_id: int, worker: str) -> str:
     existing = {(p.component, p.partition_date) for p in backfill.partitions.all()}
     BackfillPartition.objects.bulk_create(
         [
-            BackfillPartition(
-                backfill=backfill, component=c, partition_date=d, source_bytes=sum(os.path.getsize(f.path) for f in fs)
-            )
+            BackfillPartition(backfill=backfill, component=c, partition_date=d, source_bytes=sum(f.size for f in fs))
             for (c, d), fs in sorted(by_partition.items())
             if (c, d) not in existing
         ]
@@ -309,13 +338,16 @@ def backfill_execute(*, backfill_id: int, worker: str) -> str:
                 partition.finished_at = timezone.now()
                 if partition.status == BackfillPartition.Status.MISMATCH:
                     mismatched.append(f"{component} {day}: source {written[day]} rows, table {target[day]}")
-            BackfillPartition.objects.bulk_update(chunk, ["source_rows", "target_rows", "status", "finished_at"])
-            Backfill.objects.filter(pk=backfill.pk).update(
-                partitions_done=F("partitions_done") + len(chunk),
-                rows_loaded=F("rows_loaded") + sum(written.values()),
-                bytes_loaded=F("bytes_loaded") + sum(p.source_bytes for p in chunk),
-                heartbeat_at=timezone.now(),
-            )
+            # The partitions and the backfill's totals together: a worker killed between the two would otherwise
+            # leave partitions done that the totals never count (the rerun skips done partitions).
+            with transaction.atomic():
+                BackfillPartition.objects.bulk_update(chunk, ["source_rows", "target_rows", "status", "finished_at"])
+                Backfill.objects.filter(pk=backfill.pk).update(
+                    partitions_done=F("partitions_done") + len(chunk),
+                    rows_loaded=F("rows_loaded") + sum(written.values()),
+                    bytes_loaded=F("bytes_loaded") + sum(p.source_bytes for p in chunk),
+                    heartbeat_at=timezone.now(),
+                )
             if mismatched:
                 return _finish(backfill, Backfill.State.FAILED, "row counts differ: " + "; ".join(mismatched[:20]))
     logger.info("backfill succeeded", extra={"backfill": backfill.pk})

@@ -6,7 +6,7 @@ from typing import Any
 from catalog.models import Component, Environment
 from provisioning import desired
 from provisioning.ddl import Column, TableSpec, add_columns_sql, create_dataset_sql, create_table_sql, widen_column_sql
-from provisioning.errors import PermanentStoreError, StoreError
+from provisioning.errors import PermanentStoreError, StoreError, TransientStoreError
 from provisioning.offline.base import OfflineStore
 
 
@@ -49,6 +49,8 @@ def preflight(
     problems: list[str] = []
     try:
         result = store.preflight([sql for _, sql in statements])
+    except TransientStoreError:
+        raise  # the service did not answer: the runner retries the preflight, it is no verdict on the plan
     except StoreError as error:
         raise PermanentStoreError(f"preflight failed: {error}") from error
     problems.extend(result.get("problems", []))

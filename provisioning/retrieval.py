@@ -574,6 +574,63 @@ def _entity_table(entities: Any) -> Any:
     return pa.Table.from_pandas(entities, preserve_index=False)
 
 
+def _output_names(table: Any, features: Sequence[FeatureRef]) -> list[str]:
+    names = [f.name for f in features]
+    counts = Counter([*table.column_names, *names])
+    clashes = sorted(name for name in set(names) if counts[name] > 1)
+    if clashes:
+        raise RetrievalError(f"feature names clash with entity columns or each other: {', '.join(clashes)}")
+    return names
+
+
+def entity_keys(entities: Any, features: Sequence[FeatureRef]) -> Any:
+    """What the BigQuery query (`training_sql`) reads of the entity rows, typed as BigQuery keys are typed:
+    `symbol` STRING, `dte` INT64, `event_timestamp` TIMESTAMP and `entity_row` numbering the rows.
+
+    The rows are checked and read as `retrieve_point_in_time` reads them (naive timestamps and ISO strings
+    without an offset are UTC; a pandas float `dte` holding whole numbers is an integer); a row whose key cannot
+    be used keeps a null there and matches nothing. BigQuery keeps microseconds: finer event times are floored,
+    which keeps `ts_minute <= event_timestamp` exact (the TTL bound can differ within the dropped nanoseconds).
+    Only the keys are loaded; the caller puts the results back next to the original columns
+    (`with_feature_columns`).
+    """
+    table = _entity_table(entities)
+    _output_names(table, features)
+    prepared = _entities(table)
+    valid = np.zeros(table.num_rows, dtype=bool)
+    valid[prepared.rows] = True
+    symbol = table["symbol"].combine_chunks().cast(pa.string())
+    dte = table["dte"].combine_chunks().cast(pa.int64())
+    ts_ns, ts_valid = _timestamps_ns(table["event_timestamp"])
+    event = pa.array(ts_ns // 1000, pa.int64(), mask=~ts_valid).cast(pa.timestamp("us", tz="UTC"))
+    return pa.table(
+        {
+            "symbol": symbol,
+            "dte": dte,
+            "event_timestamp": event,
+            ROW_COLUMN: pa.array(np.arange(table.num_rows, dtype=np.int64)),
+        }
+    )
+
+
+def with_feature_columns(entities: Any, computed: Any, features: Sequence[FeatureRef]) -> Any:
+    """The entity rows, in their order and with all their columns as given, followed by each feature's column of
+    `computed` (one row per entity row, numbered by `entity_row` as `entity_keys` numbered them)."""
+    table = _entity_table(entities)
+    names = _output_names(table, features)
+    if ROW_COLUMN in computed.column_names:
+        order = computed[ROW_COLUMN].to_numpy()
+        if order.size != table.num_rows or not np.array_equal(order, np.arange(table.num_rows)):
+            raise RetrievalError(
+                f"the query returned {order.size} rows for {table.num_rows} entity rows, or not in their order"
+            )
+    elif computed.num_rows != table.num_rows:
+        raise RetrievalError(f"the query returned {computed.num_rows} rows for {table.num_rows} entity rows")
+    return pa.Table.from_arrays(
+        [*table.columns, *(computed[name] for name in names)], names=[*table.column_names, *names]
+    )
+
+
 def event_window(entities: Any, features: Sequence[FeatureRef]) -> tuple[dt.datetime, dt.datetime] | None:
     """[min event - max TTL, max event] of the usable entity rows: the only ts_minute values that matter."""
     prepared = _entities(_entity_table(entities))
@@ -603,11 +660,7 @@ def retrieve_point_in_time(
     that read, whose readers have threads of their own).
     """
     table = _entity_table(entities)
-    names = [f.name for f in features]
-    counts = Counter([*table.column_names, *names])
-    clashes = sorted(name for name in set(names) if counts[name] > 1)
-    if clashes:
-        raise RetrievalError(f"feature names clash with entity columns or each other: {', '.join(clashes)}")
+    names = _output_names(table, features)
     prepared = _entities(table)
     window = _window(prepared, features)
     symbols = set(prepared.symbols.to_pylist())

@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from catalog.audit import audit_log_write
@@ -280,7 +280,7 @@ def runs_reap_stale() -> list[int]:
             if (
                 ProvisioningRun.objects.filter(
                     pk=run.pk, state=ProvisioningRun.State.RUNNING, heartbeat_at__lt=cutoff
-                ).update(state=ProvisioningRun.State.QUEUED)
+                ).update(state=ProvisioningRun.State.QUEUED, heartbeat_at=timezone.now())
                 == 1
             ):
                 ProvisioningStep.objects.filter(run=run, status=ProvisioningStep.Status.RUNNING).update(
@@ -296,12 +296,11 @@ def runs_reap_stale() -> list[int]:
                 )
                 freed.append(run.pk)
     # A queued run whose task message was lost (a broker restart without persistence) is sent again; the
-    # claim's compare-and-set makes a duplicate delivery harmless.
-    freed.extend(
-        ProvisioningRun.objects.filter(state=ProvisioningRun.State.QUEUED, created_at__lt=cutoff).values_list(
-            "pk", flat=True
-        )
-    )
+    # claim's compare-and-set makes a duplicate delivery harmless. A run reaped just now (its heartbeat is the
+    # reaping time) was sent above: it is sent again only if it is still unclaimed a stale period later.
+    unsent = Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=cutoff)
+    waiting = ProvisioningRun.objects.filter(unsent, state=ProvisioningRun.State.QUEUED, created_at__lt=cutoff)
+    freed.extend(pk for pk in waiting.values_list("pk", flat=True) if pk not in freed)
     return freed
 
 
@@ -312,7 +311,7 @@ def backfills_reap_stale() -> list[int]:
     for backfill in Backfill.objects.filter(state=Backfill.State.RUNNING, heartbeat_at__lt=cutoff):
         with transaction.atomic():
             stale = Backfill.objects.filter(pk=backfill.pk, state=Backfill.State.RUNNING, heartbeat_at__lt=cutoff)
-            if stale.update(state=Backfill.State.PENDING):
+            if stale.update(state=Backfill.State.PENDING, heartbeat_at=timezone.now()):
                 audit_log_write(
                     actor=None,
                     action="backfill.reaped",
@@ -322,6 +321,11 @@ def backfills_reap_stale() -> list[int]:
                     after={"previous_worker": backfill.claimed_by},
                 )
                 freed.append(backfill.pk)
-    waiting = Backfill.objects.filter(state=Backfill.State.PENDING, cancel_requested=False, created_at__lt=cutoff)
+    waiting = Backfill.objects.filter(
+        Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=cutoff),
+        state=Backfill.State.PENDING,
+        cancel_requested=False,
+        created_at__lt=cutoff,
+    )
     freed.extend(pk for pk in waiting.values_list("pk", flat=True) if pk not in freed)
     return freed

@@ -6,13 +6,14 @@ import duckdb
 import pytest
 from django.utils import timezone
 
-from catalog.models import ChangeRequest, Environment
+from catalog.models import ChangeRequest, Environment, Feature
 from catalog.services import change_request_approve, change_request_submit
 from provisioning import runner
 from provisioning.backends import offline_store_for, online_store_for
 from provisioning.errors import TransientStoreError
 from provisioning.models import ProvisioningRun, ProvisioningStep
 from provisioning.offline.duckdb_store import DuckDBOfflineStore
+from tests.vertex_fake import VertexFake
 
 pytestmark = pytest.mark.django_db
 
@@ -74,6 +75,73 @@ def test_drift_reports_what_the_live_store_has_and_lacks(users, provisioned, dev
     assert ("extra_column", "market_regime_dev.c3_features.rogue") in kinds
     assert ("extra_table", "market_regime_dev.scratch") in kinds
     assert ("missing_view", "market_regime_dev.training_dataset") in kinds
+
+
+@pytest.fixture
+def vertex_fake():
+    server = VertexFake().start()
+    yield server
+    server.stop()
+
+
+def test_bootstrap_on_vertex_registers_every_feature_serves_the_online_ones_and_drift_sees_a_missing_one(
+    users, loaded, dev, settings, vertex_fake, client_for
+):
+    settings.FCC_STORES = {
+        **settings.FCC_STORES,
+        "dev": {
+            **settings.FCC_STORES["dev"],
+            "online": "vertex",
+            "online_options": {
+                "api_endpoint": vertex_fake.http_endpoint,
+                "transport": "rest",
+                "operation_timeout_seconds": 10,
+                "request_timeout_seconds": 10,
+            },
+        },
+    }
+    run = ProvisioningRun.objects.get(environment=dev, revision=1)
+    assert runner.run_execute(run_id=run.pk, worker="test") == "succeeded", run.steps.values_list("error", flat=True)
+    catalog = list(Feature.objects.filter(environment=dev).select_related("component"))
+    per_component: dict[str, int] = {}
+    for feature in catalog:
+        per_component[feature.component.key] = per_component.get(feature.component.key, 0) + 1
+    location = f"projects/{dev.gcp_project}/locations/{dev.region}"
+
+    # A FeatureGroup per component and a Feature per feature of the catalog, online or not ...
+    groups = {n for n in vertex_fake.resources if "/featureGroups/" in n and "/features/" not in n}
+    assert groups == {f"{location}/featureGroups/market_regime_dev_c{i}" for i in range(1, 9)}
+    registered = {n for n in vertex_fake.resources if "/features/" in n}
+    group_of = {f.name: f"{location}/featureGroups/market_regime_dev_{f.component.key}" for f in catalog}
+    assert registered == {f"{group_of[f.name]}/features/{f.name}" for f in catalog}
+    assert len(registered) == 932
+    # ... created in batches of at most 100 per group (13 calls for 932 features), never one call each.
+    batches = vertex_fake.calls("BatchCreateFeatures")
+    assert sorted(len(c.body["requests"]) for c in batches) == sorted(
+        min(100, n - start) for n in per_component.values() for start in range(0, n, 100)
+    )
+    assert vertex_fake.calls("CreateFeature") == []
+    # The feature view serves the 32 online features only.
+    [view] = [r for n, r in vertex_fake.resources.items() if "/featureViews/" in n]
+    served = {f for g in view["featureRegistrySource"]["featureGroups"] for f in g["featureIds"]}
+    assert served == {f.name for f in catalog if f.online}
+    assert len(served) == 32
+    # Each group reads its component's source view: every feature under its name, keyed by entity id.
+    with _duck(dev).connect(read_only=True) as con:
+        columns = [r[0] for r in con.execute("DESCRIBE market_regime_dev.c4_features_online").fetchall()]
+    assert columns[:2] == ["entity_id", "feature_timestamp"]
+    assert sorted(columns[2:]) == sorted(f.name for f in catalog if f.component.key == "c4")
+
+    clean = client_for("erin").post("/api/v1/environments/dev/drift/").json()
+    assert (clean["consistent"], clean["findings"]) == (True, [])
+
+    offline_only = next(f for f in catalog if f.component.key == "c4" and not f.online)
+    del vertex_fake.resources[f"{location}/featureGroups/market_regime_dev_c4/features/{offline_only.name}"]
+    drifted = client_for("erin").post("/api/v1/environments/dev/drift/").json()
+    assert drifted["consistent"] is False
+    assert [(f["kind"], f["target"]) for f in drifted["findings"]] == [
+        ("missing_registered_feature", f"c4.{offline_only.name}")
+    ]
 
 
 def test_costs_per_table_and_per_change(users, provisioned, dev, client_for):
@@ -205,3 +273,17 @@ def _new_feature(name):
         "source": f"component_01.{name.replace('_', '')}",
         "tags": ["minute"],
     }
+
+
+def test_the_reaper_sends_a_reaped_run_once_and_a_lost_queued_run_again(users, loaded, dev):
+    """A run reaped on one tick is not sent again on the next ones (its worker gets one message, not one per
+    tick); a queued run still unclaimed a stale period later is sent again (its message may have been lost)."""
+    run = ProvisioningRun.objects.get(environment=dev, revision=1)
+    assert runner.run_claim(run.pk, "dead-worker")
+    an_hour_ago = timezone.now() - dt.timedelta(hours=1)
+    ProvisioningRun.objects.filter(pk=run.pk).update(heartbeat_at=an_hour_ago, created_at=an_hour_ago)
+    assert runner.runs_reap_stale() == [run.pk]
+    assert runner.runs_reap_stale() == []
+    assert runner.runs_reap_stale() == []
+    ProvisioningRun.objects.filter(pk=run.pk).update(heartbeat_at=an_hour_ago)
+    assert runner.runs_reap_stale() == [run.pk]  # still queued a stale period later: sent again

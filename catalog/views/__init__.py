@@ -30,6 +30,7 @@ from catalog.views.provisioning import (
     run_detail,
     run_list,
     run_progress,
+    run_retry,
 )
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "run_detail",
     "run_list",
     "run_progress",
+    "run_retry",
     "team_detail",
     "team_list",
 ]

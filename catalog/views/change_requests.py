@@ -17,7 +17,7 @@ from catalog import roles, selectors, services
 from catalog.errors import ApplicationError
 from catalog.forms import ApproveForm, RejectForm
 from catalog.models import Approval, ChangeRequest, Environment
-from catalog.views.common import environments, form_errors, paginate, service_error
+from catalog.views.common import environments, form_errors, paginate, refusals_audited, service_error
 from provisioning.models import ProvisioningRun
 
 
@@ -98,6 +98,7 @@ def _back(cr_id: int, anchor: str = "") -> HttpResponseRedirect:
     return redirect(reverse("console:change-request-detail", args=[cr_id]) + anchor)
 
 
+@refusals_audited
 @login_required
 @require_POST
 def change_request_approve(request: HttpRequest, pk: int) -> HttpResponse:
@@ -127,6 +128,7 @@ def change_request_approve(request: HttpRequest, pk: int) -> HttpResponse:
     return _back(cr.pk, "#run")
 
 
+@refusals_audited
 @login_required
 @require_POST
 def change_request_reject(request: HttpRequest, pk: int) -> HttpResponse:
@@ -144,6 +146,7 @@ def change_request_reject(request: HttpRequest, pk: int) -> HttpResponse:
     return _back(cr.pk)
 
 
+@refusals_audited
 @login_required
 @require_POST
 def change_request_replan(request: HttpRequest, pk: int) -> HttpResponse:
@@ -157,6 +160,7 @@ def change_request_replan(request: HttpRequest, pk: int) -> HttpResponse:
     return _back(cr.pk)
 
 
+@refusals_audited
 @login_required
 @require_POST
 def change_request_promote(request: HttpRequest, pk: int) -> HttpResponse:

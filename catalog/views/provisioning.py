@@ -17,12 +17,13 @@ from catalog import roles, selectors
 from catalog.errors import ApplicationError
 from catalog.forms import BackfillForm
 from catalog.models import Environment
-from catalog.views.common import environments, form_errors, paginate, service_error
+from catalog.views.common import environments, form_errors, paginate, refusals_audited, service_error
 from provisioning import backfill as backfill_service
 from provisioning.costs import environment_costs
 from provisioning.drift import drift_detect
 from provisioning.errors import StoreError
 from provisioning.models import Backfill, ProvisioningRun
+from provisioning.services import provisioning_run_retry as run_retry_service
 
 # htmx stops polling an element when its request is answered with this status.
 HTMX_STOP_POLLING = 286
@@ -57,11 +58,27 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     context = {
         "run": run,
         "environment": run.environment,
+        "may_retry": run.state == ProvisioningRun.State.FAILED and _may_retry(request.user),
         "progress": selectors.run_progress(run),
         "planned": selectors.planned_steps(run),
         "backfills": run.backfills.order_by("id"),
     }
     return render(request, "console/provisioning/run_detail.html", context)
+
+
+@refusals_audited
+@login_required
+@require_POST
+def run_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    """The API's retry (provisioning_run_retry): admins and reviewers put a failed run back in the queue."""
+    selectors.run_get(pk)
+    try:
+        run_retry_service(user=request.user, run_id=pk)
+    except ApplicationError as error:
+        service_error(request, error)
+    else:
+        messages.success(request, f"Run #{pk} queued again; it resumes at its first unfinished step.")
+    return redirect("console:run-detail", pk=pk)
 
 
 @login_required
@@ -74,6 +91,10 @@ def run_progress(request: HttpRequest, pk: int) -> HttpResponse:
     return response
 
 
+def _may_retry(user: Any) -> bool:
+    return roles.is_admin(user) or roles.is_reviewer(user)
+
+
 def _may_request_backfill(user: Any) -> tuple[bool, str]:
     """Who is offered the form; backfill_request checks the components' owning teams again."""
     if roles.is_admin(user) or roles.is_reviewer(user) or roles.team_slugs(user):
@@ -82,7 +103,7 @@ def _may_request_backfill(user: Any) -> tuple[bool, str]:
 
 
 def _may_cancel(user: Any, backfill: Backfill) -> bool:
-    return roles.is_admin(user) or roles.is_reviewer(user) or backfill.requested_by_id == user.pk
+    return backfill_service.backfill_may_cancel(user, backfill)
 
 
 @login_required
@@ -107,6 +128,7 @@ def backfill_list(request: HttpRequest) -> HttpResponse:
     return render(request, "console/provisioning/backfill_list.html", context)
 
 
+@refusals_audited
 @login_required
 @require_POST
 def backfill_start(request: HttpRequest) -> HttpResponse:
@@ -165,13 +187,11 @@ def backfill_progress(request: HttpRequest, pk: int) -> HttpResponse:
     return response
 
 
+@refusals_audited
 @login_required
 @require_POST
 def backfill_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    backfill = selectors.backfill_get(pk)
-    if not _may_cancel(request.user, backfill):
-        messages.error(request, "only the requester, reviewers and admins may cancel a backfill")
-        return redirect("console:backfill-detail", pk=pk)
+    selectors.backfill_get(pk)
     try:
         backfill_service.backfill_cancel(user=request.user, backfill_id=pk)
     except ApplicationError as error:
@@ -197,6 +217,7 @@ def drift(request: HttpRequest) -> HttpResponse:
     return render(request, "console/provisioning/drift.html", {"reports": reports})
 
 
+@refusals_audited
 @login_required
 @require_POST
 def drift_run(request: HttpRequest, env: str) -> HttpResponse:

@@ -15,6 +15,7 @@ Options (FCC_STORES[env]["offline_options"]):
 
 import datetime as dt
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -48,6 +49,8 @@ from provisioning.errors import PermanentStoreError, TransientStoreError
 from provisioning.offline.base import LiveColumn, LiveTable, OfflineStore, StepOutcome
 
 KEY_COLUMNS = ("symbol", "ts_minute", "dte")
+# What a statement of provisioning/ddl.py creates: `project.dataset` or `project.dataset.table`.
+CREATES = re.compile(r"\s*CREATE (?:SCHEMA|TABLE) IF NOT EXISTS `([^`]+)`")
 IN_DATES = "DATE({column}) IN UNNEST(@dates)"
 # The roles the story lists: changing datasets, tables and views; running jobs (queries, DDL, dry runs).
 DATA_EDITOR = "roles/bigquery.dataEditor"
@@ -266,6 +269,26 @@ class BigQueryOfflineStore(OfflineStore):
             "statement_type": job.statement_type,
         }
 
+    def preflight(self, statements: Sequence[str]) -> dict[str, Any]:
+        """Dry-runs each statement, except those on a dataset or table an earlier statement of the same run
+        creates: BigQuery cannot dry-run them before it exists (they are checked when their step runs)."""
+        problems: list[str] = []
+        created: list[str] = []
+        skipped = 0
+        for sql in statements:
+            if any(name in sql for name in created):
+                skipped += 1
+            else:
+                try:
+                    self.dry_run(sql)
+                except TransientStoreError:
+                    raise  # retried by the runner, not reported as a problem of the plan
+                except Exception as error:  # noqa: BLE001 - reported to the person, who acts on it
+                    problems.append(f"{sql.splitlines()[0][:120]}: {error}")
+            if match := CREATES.match(sql):
+                created.append(f"`{match.group(1)}`" if match.group(1).count(".") == 2 else f"`{match.group(1)}.")
+        return {"problems": problems, "checked": len(statements) - skipped, "checked_when_applied": skipped}
+
     def _list(self) -> list[Any]:
         with self._translated(f"listing dataset {self.project}.{self.dataset}", DATA_EDITOR):
             try:
@@ -409,22 +432,33 @@ class BigQueryOfflineStore(OfflineStore):
             os.unlink(merged)
 
     def point_in_time(self, entities: Any, features: Sequence[Any]) -> Any:
-        """The same semantics as SQL (`retrieval.training_sql`): the entity rows are loaded into a table of
-        their own in the dataset, joined as of their event times, read back, and the table is dropped."""
-        import pyarrow as pa
+        """The same semantics as SQL (`retrieval.training_sql`): the entity rows' keys are loaded (as Parquet, so
+        their types hold: a pandas frame would turn an integer column with nulls into FLOAT64) into a table of
+        their own in the dataset, joined as of their event times, and the table is dropped. The result is the
+        entity rows as given, with the features' columns from the query."""
+        import pyarrow.parquet as pq
 
-        from provisioning.retrieval import ROW_COLUMN, event_window, training_sql
+        from provisioning.retrieval import entity_keys, event_window, training_sql, with_feature_columns
 
         window = event_window(entities, features)
         if window is None:
             raise PermanentStoreError("the entity rows have no usable event_timestamp")
-        numbered = entities.append_column(ROW_COLUMN, pa.array(range(entities.num_rows), pa.int64()))
+        keys = entity_keys(entities, features)
         table_id = self._table_id(f"_fcc_entities_{uuid.uuid4().hex}")
-        with self._translated("loading the entity rows", DATA_EDITOR):
-            config = bigquery.LoadJobConfig(write_disposition="WRITE_TRUNCATE")
-            self.client.load_table_from_dataframe(numbered.to_pandas(), table_id, job_config=config).result(
-                timeout=self.settings.job_timeout_seconds
+        handle, staged = tempfile.mkstemp(suffix=".parquet", prefix="fcc-entities-")
+        os.close(handle)
+        try:
+            pq.write_table(keys, staged)
+            config = bigquery.LoadJobConfig(
+                source_format=bigquery.SourceFormat.PARQUET,
+                write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
             )
+            with self._translated("loading the entity rows", DATA_EDITOR), open(staged, "rb") as source:
+                self.client.load_table_from_file(
+                    source, table_id, job_config=config, rewind=True, timeout=self.timeout
+                ).result(retry=self.retry, timeout=self.settings.job_timeout_seconds)
+        finally:
+            os.unlink(staged)
         try:
             sql = training_sql(
                 project=self.project,
@@ -439,7 +473,7 @@ class BigQueryOfflineStore(OfflineStore):
         finally:
             with self._translated("dropping the entity rows' table", DATA_EDITOR):
                 self.client.delete_table(table_id, not_found_ok=True, retry=self.retry, timeout=self.timeout)
-        return result.drop_columns([ROW_COLUMN]) if ROW_COLUMN in result.column_names else result
+        return with_feature_columns(entities, result, features)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         with self._translated("running a query", JOB_USER):
