@@ -1,8 +1,10 @@
+import datetime as dt
 from typing import Any
 
 import django_filters
 from django import forms
 from django.db.models import Q, QuerySet
+from django_filters.fields import IsoDateTimeField
 
 from catalog import rules
 from catalog.models import AuditLogEntry, ChangeRequest, Component, Environment, Feature
@@ -81,12 +83,30 @@ class ProvisioningRunFilter(django_filters.FilterSet):
         fields = ["environment", "state", "change_request"]
 
 
+class UtcIsoDateTimeField(IsoDateTimeField):
+    """An ISO 8601 instant, in UTC. ISO 8601 allows offsets up to 23:59; PostgreSQL refuses any beyond 15:59
+    (a server error, not a 400), and an instant near year 1 or 9999 may not exist in UTC at all."""
+
+    def to_python(self, value: Any) -> dt.datetime | None:
+        instant: dt.datetime | None = super().to_python(value)
+        if instant is None:
+            return None
+        try:
+            return instant.astimezone(dt.UTC)
+        except OverflowError:
+            raise forms.ValidationError("the instant is out of range", code="out_of_range") from None
+
+
+class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UtcIsoDateTimeField
+
+
 class AuditLogFilter(django_filters.FilterSet):
     actor = django_filters.CharFilter(field_name="actor_name")
     action = django_filters.CharFilter()
     action_prefix = django_filters.CharFilter(field_name="action", lookup_expr="startswith")
-    since = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="lt")
+    since = UtcIsoDateTimeFilter(field_name="at", lookup_expr="gte")
+    until = UtcIsoDateTimeFilter(field_name="at", lookup_expr="lt")
 
     class Meta:
         model = AuditLogEntry

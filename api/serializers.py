@@ -41,8 +41,9 @@ class ComponentSerializer(serializers.ModelSerializer[Component]):
     entity_type = serializers.CharField(source="entity_type.name")
     owner = serializers.CharField(source="owner.slug")
     table_name = serializers.CharField(read_only=True)
-    active_features = serializers.IntegerField(read_only=True, required=False)
-    online_features = serializers.IntegerField(read_only=True, required=False)
+    # Counted with `?environment=`; null without it.
+    active_features = serializers.IntegerField(read_only=True, allow_null=True)
+    online_features = serializers.IntegerField(read_only=True, allow_null=True)
 
     class Meta:
         model = Component
@@ -87,7 +88,7 @@ class FeatureSerializer(serializers.ModelSerializer[Feature]):
 
 
 class FeatureVersionSerializer(serializers.ModelSerializer[FeatureVersion]):
-    created_by = serializers.CharField(source="created_by.username", default=None)
+    created_by = serializers.CharField(source="created_by.username", default=None, allow_null=True)
 
     class Meta:
         model = FeatureVersion

@@ -3,7 +3,7 @@
 from typing import Any
 
 from django.db.models import Count, Prefetch, Q, QuerySet
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from api import filters, parsers, serializers
 from api.pagination import DeferredJoinPagination
+from api.schema import COMPONENT_KEY_PATTERN, CONFLICT, ID_PATTERN, TEAM_SLUG_PATTERN
 from catalog import plans, services
 from catalog.models import Approval, AuditLogEntry, ChangeRequest, Component, Environment, Feature, FeatureVersion, Team
 from provisioning.models import ProvisioningRun
@@ -28,18 +29,25 @@ class TeamViewSet(viewsets.ReadOnlyModelViewSet[Team]):
     queryset = Team.objects.prefetch_related("memberships__user", "components")
     serializer_class = serializers.TeamSerializer
     lookup_field = "slug"
+    lookup_value_regex = TEAM_SLUG_PATTERN
     filter_backends: list[Any] = []
 
 
+_COUNT_IN = OpenApiParameter("environment", str, description="Count active and online features in this environment.")
+
+
+@extend_schema_view(list=extend_schema(parameters=[_COUNT_IN]), retrieve=extend_schema(parameters=[_COUNT_IN]))
 class ComponentViewSet(viewsets.ReadOnlyModelViewSet[Component]):
     """Components; `?environment=` counts their active and online features there."""
 
     serializer_class = serializers.ComponentSerializer
     lookup_field = "key"
+    lookup_value_regex = COMPONENT_KEY_PATTERN
     filter_backends: list[Any] = []
 
     def get_queryset(self) -> QuerySet[Component]:
-        queryset = Component.objects.select_related("owner", "entity_type")
+        # Ordered explicitly: Meta.ordering does not apply to the aggregating query below, and pages need an order.
+        queryset = Component.objects.select_related("owner", "entity_type").order_by("key")
         env = self.request.query_params.get("environment")
         if env:
             active = Q(features__environment__name=env, features__status=Feature.Status.ACTIVE)
@@ -51,6 +59,7 @@ class ComponentViewSet(viewsets.ReadOnlyModelViewSet[Component]):
 
 
 class FeatureViewSet(viewsets.ReadOnlyModelViewSet[Feature]):
+    lookup_value_regex = ID_PATTERN
     filterset_class = filters.FeatureFilter
     pagination_class = DeferredJoinPagination
 
@@ -73,6 +82,7 @@ def _approvals_prefetch() -> Prefetch[Any, Any, Any]:
 
 
 class ChangeRequestViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[ChangeRequest]):
+    lookup_value_regex = ID_PATTERN
     filterset_class = filters.ChangeRequestFilter
     parser_classes = [parsers.BoundedJSONParser, FormParser, MultiPartParser]
 
@@ -96,6 +106,7 @@ class ChangeRequestViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSe
         responses={
             201: serializers.SubmitResponseSerializer,
             200: OpenApiResponse(serializers.SubmitResponseSerializer, description="No changes: nothing was created."),
+            409: CONFLICT,
         },
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -127,7 +138,9 @@ class ChangeRequestViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSe
         result = services.change_request_plan(environment=environment, payload={"specs": data.validated_data["specs"]})
         return Response({"plan": result.plan, "plan_hash": result.plan_hash, "text": plans.plan_text(result.plan)})
 
-    @extend_schema(request=serializers.ApproveSerializer, responses={200: serializers.ApproveResponseSerializer})
+    @extend_schema(
+        request=serializers.ApproveSerializer, responses={200: serializers.ApproveResponseSerializer, 409: CONFLICT}
+    )
     @action(detail=True, methods=["post"])
     def approve(self, request: Request, pk: str) -> Response:
         data = serializers.ApproveSerializer(data=request.data)
@@ -140,7 +153,9 @@ class ChangeRequestViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSe
         )
         return Response({"change_request": self._detail(cr), "missing": missing})
 
-    @extend_schema(request=serializers.RejectSerializer, responses={200: serializers.ChangeRequestDetailSerializer})
+    @extend_schema(
+        request=serializers.RejectSerializer, responses={200: serializers.ChangeRequestDetailSerializer, 409: CONFLICT}
+    )
     @action(detail=True, methods=["post"])
     def reject(self, request: Request, pk: str) -> Response:
         data = serializers.RejectSerializer(data=request.data)
@@ -150,13 +165,23 @@ class ChangeRequestViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSe
         )
         return Response(self._detail(cr))
 
-    @extend_schema(request=None, responses={200: serializers.ChangeRequestDetailSerializer})
+    @extend_schema(request=None, responses={200: serializers.ChangeRequestDetailSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
     def replan(self, request: Request, pk: str) -> Response:
         cr = services.change_request_replan(user=request.user, change_request_id=int(pk))
         return Response(self._detail(cr))
 
-    @extend_schema(request=serializers.PromoteSerializer, responses={201: serializers.SubmitResponseSerializer})
+    @extend_schema(
+        request=serializers.PromoteSerializer,
+        responses={
+            201: serializers.SubmitResponseSerializer,
+            200: OpenApiResponse(
+                serializers.SubmitResponseSerializer,
+                description="The next environment already matches: nothing created.",
+            ),
+            409: CONFLICT,
+        },
+    )
     @action(detail=True, methods=["post"])
     def promote(self, request: Request, pk: str) -> Response:
         data = serializers.PromoteSerializer(data=request.data)
@@ -173,6 +198,7 @@ class ChangeRequestViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSe
 
 
 class ProvisioningRunViewSet(viewsets.ReadOnlyModelViewSet[ProvisioningRun]):
+    lookup_value_regex = ID_PATTERN
     filterset_class = filters.ProvisioningRunFilter
 
     def get_queryset(self) -> QuerySet[ProvisioningRun]:
@@ -189,5 +215,6 @@ class AuditLogViewSet(viewsets.ReadOnlyModelViewSet[AuditLogEntry]):
     """The append-only audit log. There is no endpoint that edits or deletes it."""
 
     queryset = AuditLogEntry.objects.all()
+    lookup_value_regex = ID_PATTERN
     serializer_class = serializers.AuditLogEntrySerializer
     filterset_class = filters.AuditLogFilter

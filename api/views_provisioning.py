@@ -2,25 +2,28 @@
 
 from typing import Any
 
-from django.db import transaction
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from catalog import roles
-from catalog.audit import audit_log_write, audit_refusal
-from catalog.errors import Conflict, NotFound, PermissionDenied
+from api.schema import CONFLICT, ID_PATTERN
+from catalog.errors import NotFound
 from catalog.models import Environment
 from catalog.services import environment_get
 from provisioning.backfill import backfill_cancel, backfill_progress, backfill_request
 from provisioning.costs import environment_costs
 from provisioning.drift import drift_detect
-from provisioning.models import Backfill, BackfillPartition, DriftReport, ProvisioningRun
+from provisioning.models import Backfill, BackfillPartition, DriftReport
+from provisioning.services import provisioning_run_retry
+
+ENVIRONMENT_NAME = OpenApiParameter(
+    "name", str, OpenApiParameter.PATH, enum=Environment.Name.values, description="The environment."
+)
 
 
 class DriftReportSerializer(serializers.ModelSerializer[DriftReport]):
@@ -32,7 +35,7 @@ class DriftReportSerializer(serializers.ModelSerializer[DriftReport]):
 
 
 class DriftView(APIView):
-    @extend_schema(responses={200: DriftReportSerializer})
+    @extend_schema(parameters=[ENVIRONMENT_NAME], responses={200: DriftReportSerializer})
     def get(self, request: Request, name: str) -> Response:
         """The latest drift report of the environment."""
         environment = environment_get(name)
@@ -41,7 +44,7 @@ class DriftView(APIView):
             raise NotFound(f"no drift report for {name} yet; POST to this URL to run one")
         return Response(DriftReportSerializer(report).data)
 
-    @extend_schema(request=None, responses={201: DriftReportSerializer})
+    @extend_schema(parameters=[ENVIRONMENT_NAME], request=None, responses={201: DriftReportSerializer})
     def post(self, request: Request, name: str) -> Response:
         """Compares the live stores with the catalog now and records the report."""
         report = drift_detect(environment=environment_get(name), trigger="on_demand")
@@ -49,53 +52,22 @@ class DriftView(APIView):
 
 
 class CostsView(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(parameters=[ENVIRONMENT_NAME], responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request, name: str) -> Response:
         return Response(environment_costs(environment_get(name)))
 
 
 class RunRetryView(APIView):
-    @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT})
+    @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT, 409: CONFLICT})
     def post(self, request: Request, pk: int) -> Response:
         """Puts a failed run back in the queue; it resumes at its first unfinished step."""
-        user: Any = request.user
-        if not (roles.is_admin(user) or roles.is_reviewer(user)):
-            reason = "only admins and reviewers may retry provisioning runs"
-            audit_refusal(
-                actor=user, action="provisioning_run.retry", object_type="provisioning_run", object_id=pk, reason=reason
-            )
-            raise PermissionDenied(reason)
-        with transaction.atomic():
-            run = ProvisioningRun.objects.select_for_update().select_related("environment").filter(pk=pk).first()
-            if run is None:
-                raise NotFound(f"provisioning run {pk} does not exist")
-            if run.state != ProvisioningRun.State.FAILED:
-                raise Conflict(f"provisioning run {pk} is {run.state}; only failed runs can be retried")
-            run.state = ProvisioningRun.State.QUEUED
-            run.error = ""
-            run.save(update_fields=["state", "error"])
-            audit_log_write(
-                actor=user,
-                action="provisioning_run.retry",
-                object_type="provisioning_run",
-                object_id=run.pk,
-                environment=run.environment.name,
-                before={"state": "failed"},
-                after={"state": "queued"},
-            )
-
-            def enqueue() -> None:
-                from workers.tasks import provisioning_run_execute
-
-                provisioning_run_execute.delay(run.pk)
-
-            transaction.on_commit(enqueue)
+        run = provisioning_run_retry(user=request.user, run_id=pk)
         return Response({"id": run.pk, "state": run.state}, status=status.HTTP_202_ACCEPTED)
 
 
 class BackfillSerializer(serializers.ModelSerializer[Backfill]):
     environment = serializers.CharField(source="environment.name")
-    requested_by = serializers.CharField(source="requested_by.username", default=None)
+    requested_by = serializers.CharField(source="requested_by.username", default=None, allow_null=True)
     progress = serializers.SerializerMethodField()
 
     class Meta:
@@ -136,6 +108,7 @@ class BackfillRequestSerializer(serializers.Serializer[Any]):
 
 
 class BackfillViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[Backfill]):
+    lookup_value_regex = ID_PATTERN
     filterset_fields = ["state"]
 
     def get_queryset(self) -> QuerySet[Backfill]:
@@ -161,13 +134,8 @@ class BackfillViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[Bac
         )
         return Response(BackfillSerializer(backfill).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses={200: BackfillSerializer})
+    @extend_schema(request=None, responses={200: BackfillSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str) -> Response:
         """Stops after the partition job in progress; no partition is left half written."""
-        user: Any = request.user
-        if not (roles.is_admin(user) or roles.is_reviewer(user)):
-            backfill = Backfill.objects.filter(pk=int(pk)).first()
-            if backfill is None or backfill.requested_by_id != user.pk:
-                raise PermissionDenied("only the requester, reviewers and admins may cancel a backfill")
-        return Response(BackfillSerializer(backfill_cancel(user=user, backfill_id=int(pk))).data)
+        return Response(BackfillSerializer(backfill_cancel(user=request.user, backfill_id=int(pk))).data)

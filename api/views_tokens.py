@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from api.models import ApiToken
+from api.schema import CONFLICT, ID_PATTERN
 from catalog import roles
 from catalog.audit import audit_log_write
 from catalog.errors import Conflict
@@ -43,6 +44,7 @@ class ApiTokenIssuedSerializer(ApiTokenSerializer):
 
 
 class ApiTokenViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[ApiToken]):
+    lookup_value_regex = ID_PATTERN
     serializer_class = ApiTokenSerializer
     filter_backends: list[Any] = []
 
@@ -75,7 +77,7 @@ class ApiTokenViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[Api
         body["secret"] = secret
         return Response(body, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses={200: ApiTokenSerializer})
+    @extend_schema(request=None, responses={200: ApiTokenSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str) -> Response:
         """Revoked at once: the next request with it is refused."""

@@ -2,12 +2,14 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, parsers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from api.schema import CONFLICT, ID_PATTERN
 from catalog.errors import Conflict
 from catalog.models import Environment
 from provisioning.models import TrainingDataset
@@ -16,7 +18,7 @@ from provisioning.training import training_dataset_request
 
 class TrainingDatasetSerializer(serializers.ModelSerializer[TrainingDataset]):
     environment = serializers.CharField(source="environment.name")
-    requested_by = serializers.CharField(source="requested_by.username", default=None)
+    requested_by = serializers.CharField(source="requested_by.username", default=None, allow_null=True)
 
     class Meta:
         model = TrainingDataset
@@ -34,6 +36,7 @@ class TrainingDatasetRequestSerializer(serializers.Serializer[Any]):
 
 
 class TrainingDatasetViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[TrainingDataset]):
+    lookup_value_regex = ID_PATTERN
     serializer_class = TrainingDatasetSerializer
     parser_classes = [parsers.MultiPartParser, parsers.FormParser]
     filterset_fields = ["state"]
@@ -55,7 +58,12 @@ class TrainingDatasetViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelView
         )
         return Response(TrainingDatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={200: OpenApiResponse(description="The result as Parquet.")})
+    @extend_schema(
+        responses={
+            (200, "application/vnd.apache.parquet"): OpenApiResponse(OpenApiTypes.BINARY, description="The result."),
+            409: CONFLICT,
+        }
+    )
     @action(detail=True, methods=["get"])
     def result(self, request: Request, pk: str) -> FileResponse:
         dataset = self.get_object()

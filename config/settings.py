@@ -52,6 +52,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "config.logging.RequestIdMiddleware",
+    "api.errors.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -85,8 +86,12 @@ def database_config() -> dict[str, Any]:
     url = os.environ.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'catalog.sqlite3'}")
     config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
     config.setdefault("TEST", {})
+    if config["ENGINE"] == "django.db.backends.postgresql":
+        # A database host that does not answer fails a request (503, api/errors.py) in seconds, not minutes.
+        config.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
     if config["ENGINE"] == "django.db.backends.sqlite3":
-        config["CONN_MAX_AGE"] = 0
+        # Connections are kept (60 s, as on PostgreSQL): opening one (the file, the pragmas, Django's SQL functions)
+        # and closing it cost more than the rest of an online read's request.
         # IMMEDIATE makes concurrent writers queue for the lock instead of failing mid-transaction.
         config["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
         # A file, not memory, so a worker process started by a test sees the same test database.
@@ -126,7 +131,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "api.pagination.Pagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "api.schema.ConsoleAutoSchema",
     "EXCEPTION_HANDLER": "api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
@@ -171,7 +176,7 @@ else:
     # had received when the broker went away is delivered again after this timeout. The socket options make a
     # dead broker connection noticed in seconds, not when the kernel gives up on it.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": int(os.environ.get("FCC_BROKER_VISIBILITY_TIMEOUT", "3600")),
+        "visibility_timeout": int(os.environ.get("FCC_BROKER_VISIBILITY_TIMEOUT", "300")),
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "health_check_interval": 10,
@@ -240,18 +245,26 @@ FCC_STEP_MAX_ATTEMPTS = int(os.environ.get("FCC_STEP_MAX_ATTEMPTS", "5"))
 FCC_STEP_BACKOFF_SECONDS = float(os.environ.get("FCC_STEP_BACKOFF_SECONDS", "0.5"))
 # A running run whose worker has not beaten its heart for this long is freed by the reaper.
 FCC_RUN_STALE_SECONDS = int(os.environ.get("FCC_RUN_STALE_SECONDS", "120"))
+_REAPER_SECONDS = float(os.environ.get("FCC_REAPER_SECONDS", "60"))
+_ONLINE_SYNC_SECONDS = float(os.environ.get("FCC_ONLINE_SYNC_SECONDS", "60"))
+_DRIFT_SECONDS = float(os.environ.get("FCC_DRIFT_SECONDS", "900"))
+# Each periodic task expires after its own interval: ticks queued behind a long run (or left in the queue by a
+# dead worker) are dropped instead of all running back to back, each re-sending the same runs.
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-provisioning-runs": {
         "task": "provisioning.reap_stale_runs",
-        "schedule": float(os.environ.get("FCC_REAPER_SECONDS", "60")),
+        "schedule": _REAPER_SECONDS,
+        "options": {"expires": _REAPER_SECONDS},
     },
     "online-sync": {
         "task": "provisioning.online_sync_all",
-        "schedule": float(os.environ.get("FCC_ONLINE_SYNC_SECONDS", "60")),
+        "schedule": _ONLINE_SYNC_SECONDS,
+        "options": {"expires": _ONLINE_SYNC_SECONDS},
     },
     "detect-drift": {
         "task": "provisioning.drift_detect_all",
-        "schedule": float(os.environ.get("FCC_DRIFT_SECONDS", "900")),
+        "schedule": _DRIFT_SECONDS,
+        "options": {"expires": _DRIFT_SECONDS},
     },
 }
 # Backfills: where breaking changes' backfills read Parquet from (the story: gs://vertex-mr-data/ in production),
