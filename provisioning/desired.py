@@ -1,10 +1,14 @@
 """The state the stores must have, derived from an environment's catalog (never hand-written)."""
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from django.db.models import Prefetch
 
 from catalog import rules
 from catalog.models import Component, Environment, Feature, FeatureVersion
 from provisioning.ddl import KEY_COLUMNS, SOURCE_SUFFIX, Column, TableSpec, online_source_view_sql, training_view_sql
+from provisioning.offline.base import LiveTable
 from provisioning.online.base import OnlineFeature, OnlineViewSpec
 
 ONLINE_VIEW_NAME = "instrument_minute_online"
@@ -53,6 +57,30 @@ def all_tables(environment: Environment) -> dict[str, TableSpec]:
         if component.pk in by_component:
             tables[component.key] = component_table(environment, component, by_component[component.pk])
     return tables
+
+
+def ahead_of_stores(
+    tables: Mapping[str, TableSpec], live: Mapping[str, LiveTable], plan_steps: Sequence[Mapping[str, Any]] = ()
+) -> tuple[list[TableSpec], dict[str, list[Column]]]:
+    """What the views of the current catalog need that neither the stores nor `plan_steps` provide: tables to
+    create and columns to add. Runs execute in revision order but the catalog moves at approval, so a run whose
+    environment has newer approved revisions sees their features: it creates their tables and columns (nullable,
+    additive, idempotent) before replacing views, and the later run then finds them in place."""
+    created = {step["component"] for step in plan_steps if step["kind"] == "create_table"}
+    added = {(s["table"], c["name"]) for s in plan_steps if s["kind"] == "add_columns" for c in s["columns"]}
+    to_create: list[TableSpec] = []
+    to_add: dict[str, list[Column]] = {}
+    for component, table in tables.items():
+        if component in created:
+            continue
+        current = live.get(table.name)
+        if current is None:
+            to_create.append(table)
+            continue
+        missing = [c for c in table.columns if current.column(c.name) is None and (table.name, c.name) not in added]
+        if missing:
+            to_add[table.name] = missing
+    return to_create, to_add
 
 
 def training_view(environment: Environment) -> str:

@@ -7,17 +7,28 @@ from catalog.models import Component, Environment
 from provisioning import desired
 from provisioning.ddl import Column, TableSpec, add_columns_sql, create_dataset_sql, create_table_sql, widen_column_sql
 from provisioning.errors import PermanentStoreError, StoreError, TransientStoreError
-from provisioning.offline.base import OfflineStore
+from provisioning.offline.base import LiveTable, OfflineStore
 
 
 def plan_statements(
-    environment: Environment, plan: dict[str, Any], tables: Mapping[str, TableSpec] | None = None
+    environment: Environment,
+    plan: dict[str, Any],
+    tables: Mapping[str, TableSpec] | None = None,
+    live: Mapping[str, LiveTable] | None = None,
 ) -> list[tuple[int, str]]:
-    """(plan step index, BigQuery statement) for every DDL statement the plan's steps send."""
+    """(plan step index, BigQuery statement) for every DDL statement the plan's steps send. With the `live`
+    tables, also what the first view step creates ahead for newer approved revisions (desired.ahead_of_stores)."""
     project, dataset = environment.gcp_project, environment.bigquery_dataset
     statements: list[tuple[int, str]] = []
+    ahead_done = False
     for index, step in enumerate(plan["steps"]):
         kind = step["kind"]
+        view_step = kind in ("replace_view", "update_online_store")
+        if view_step and not ahead_done and tables is not None and live is not None:
+            ahead_done = True
+            to_create, to_add = desired.ahead_of_stores(tables, live, plan["steps"])
+            statements.extend((index, create_table_sql(project, dataset, table)) for table in to_create)
+            statements.extend((index, add_columns_sql(project, dataset, name, cols)) for name, cols in to_add.items())
         if kind == "ensure_dataset":
             statements.append((index, create_dataset_sql(project, dataset, environment.region, environment.name)))
         elif kind == "create_table":
@@ -45,9 +56,10 @@ def preflight(
 ) -> dict[str, Any]:
     """Dry-runs what can be checked now. A statement on an object the same plan creates first is checked
     only by the engine that can see it (DuckDB runs them all in one rolled-back transaction)."""
-    statements = plan_statements(environment, plan, tables)
     problems: list[str] = []
     try:
+        live = store.describe() if tables is not None else None
+        statements = plan_statements(environment, plan, tables, live)
         result = store.preflight([sql for _, sql in statements])
     except TransientStoreError:
         raise  # the service did not answer: the runner retries the preflight, it is no verdict on the plan

@@ -82,23 +82,31 @@ def _execute_step(run: ProvisioningRun, context: RunContext, step: dict[str, Any
         return StepOutcome(request=[f"dry run of {result['statements']} statements"], changed=False, result=result)
     if kind == "ensure_dataset":
         return offline.ensure_dataset()
-    if kind in ("create_table", "update_table_metadata"):
-        table = context.tables[step["component"]]
-        return offline.create_table(table) if kind == "create_table" else offline.set_table_metadata(table)
+    if kind == "create_table":
+        return offline.create_table(context.tables[step["component"]])
+    if kind == "update_table_metadata":
+        # The metadata describes the current catalog's columns, newer revisions' included: those first.
+        ahead = _create_ahead(context, component=step["component"])
+        return _with_ahead(ahead, offline.set_table_metadata(context.tables[step["component"]]))
     if kind == "add_columns":
         return offline.add_columns(step["table"], [Column(c["name"], c["type"]) for c in step["columns"]])
     if kind == "widen_columns":
         return offline.widen_columns(step["table"], [(c["name"], c["new"]) for c in step["columns"]])
     if kind == "replace_view":
-        return offline.replace_view(VIEW_NAME, desired.training_view(environment))
+        ahead = _create_ahead(context)
+        outcome = offline.replace_view(VIEW_NAME, desired.training_view(environment))
+        return _with_ahead(ahead, outcome)
     if kind == "update_online_store":
+        ahead = _create_ahead(context)
         # The online features' source views first (Vertex AI's feature groups read them; Vertex checks the
         # source when features are registered), then the online resources.
         requests: list[Any] = []
         for view_name, sql in desired.online_source_views(environment).items():
             requests.extend(offline.replace_view(view_name, sql).request)
         outcome = online_store_for(environment).update(desired.online_view(environment))
-        return StepOutcome(request=[*requests, *outcome.request], changed=outcome.changed, result=outcome.result)
+        return _with_ahead(
+            ahead, StepOutcome(request=[*requests, *outcome.request], changed=outcome.changed, result=outcome.result)
+        )
     if kind == "schedule_backfill":
         with transaction.atomic():
             backfill, created = Backfill.objects.get_or_create(
@@ -118,6 +126,30 @@ def _execute_step(run: ProvisioningRun, context: RunContext, step: dict[str, Any
             result={"backfill": backfill.pk},
         )
     raise PermanentStoreError(f"unknown step kind {kind!r}: this worker is older than the plan; upgrade it")
+
+
+def _create_ahead(context: RunContext, component: str | None = None) -> StepOutcome:
+    """The tables and columns of newer approved revisions that the current catalog's views and metadata name
+    (see desired.ahead_of_stores; of one component's table, or all), created first: additive and idempotent, so
+    the later run finds them in place."""
+    tables = context.tables if component is None else {component: context.tables[component]}
+    to_create, to_add = desired.ahead_of_stores(tables, context.offline.describe())
+    outcomes = [context.offline.create_table(table) for table in to_create]
+    outcomes += [context.offline.add_columns(name, columns) for name, columns in to_add.items()]
+    created = {"tables": [t.name for t in to_create], "columns": {n: [c.name for c in cs] for n, cs in to_add.items()}}
+    return StepOutcome(
+        request=[r for o in outcomes for r in o.request],
+        changed=any(o.changed for o in outcomes),
+        result={"created_ahead_for_newer_revisions": created} if outcomes else {},
+    )
+
+
+def _with_ahead(ahead: StepOutcome, outcome: StepOutcome) -> StepOutcome:
+    return StepOutcome(
+        request=[*ahead.request, *outcome.request],
+        changed=ahead.changed or outcome.changed,
+        result={**ahead.result, **outcome.result},
+    )
 
 
 def _classify(error: Exception) -> StoreError:

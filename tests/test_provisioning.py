@@ -10,6 +10,7 @@ from catalog.models import ChangeRequest, Environment, Feature
 from catalog.services import change_request_approve, change_request_submit
 from provisioning import runner
 from provisioning.backends import offline_store_for, online_store_for
+from provisioning.drift import drift_findings
 from provisioning.errors import TransientStoreError
 from provisioning.models import ProvisioningRun, ProvisioningStep
 from provisioning.offline.duckdb_store import DuckDBOfflineStore
@@ -287,3 +288,31 @@ def test_the_reaper_sends_a_reaped_run_once_and_a_lost_queued_run_again(users, l
     assert runner.runs_reap_stale() == []
     ProvisioningRun.objects.filter(pk=run.pk).update(heartbeat_at=an_hour_ago)
     assert runner.runs_reap_stale() == [run.pk]  # still queued a stale period later: sent again
+
+
+def test_runs_approved_back_to_back_both_apply_in_order(users, provisioned, dev, specs):
+    """A second change approved before the first one's run executes: the first run already sees the newer
+    catalog (the catalog moves at approval, the stores follow), so its view must not name a column only the
+    second run adds. Both runs succeed, in order, and the stores end at the newer catalog with no drift."""
+    _first_cr, first = _change(users, specs, lambda c1: c1["features"].append(_new_feature("premium_first")))
+    _second_cr, second = _change(users, specs, lambda c1: c1["features"].append(_new_feature("premium_second")))
+    with pytest.raises(runner.RunNotReady):
+        runner.run_execute(run_id=second.pk, worker="test")
+    assert runner.run_execute(run_id=first.pk, worker="test") == "succeeded", first.steps.values_list("error")
+    assert runner.run_execute(run_id=second.pk, worker="test") == "succeeded", second.steps.values_list("error")
+    table = _duck(dev).describe()["c1_features"]
+    assert table.column("premium_first") is not None
+    assert table.column("premium_second") is not None
+    with _duck(dev).connect(read_only=True) as con:
+        view_columns = {r[0] for r in con.execute("DESCRIBE market_regime_dev.training_dataset").fetchall()}
+    assert {"premium_first", "premium_second"} <= view_columns
+    # The first run added the second's column ahead and recorded it; the second run's own step found it there.
+    ahead = [
+        step.result["created_ahead_for_newer_revisions"]
+        for step in first.steps.all()
+        if "created_ahead_for_newer_revisions" in step.result
+    ]
+    assert ahead == [{"tables": [], "columns": {"c1_features": ["premium_second"]}}]
+    second_add = ProvisioningStep.objects.get(run=second, kind="add_columns")
+    assert second_add.result.get("exists") == ["premium_second"], second_add.result
+    assert drift_findings(dev) == []

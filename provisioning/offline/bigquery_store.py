@@ -50,7 +50,8 @@ from provisioning.offline.base import LiveColumn, LiveTable, OfflineStore, StepO
 
 KEY_COLUMNS = ("symbol", "ts_minute", "dte")
 # What a statement of provisioning/ddl.py creates: `project.dataset` or `project.dataset.table`.
-CREATES = re.compile(r"\s*CREATE (?:SCHEMA|TABLE) IF NOT EXISTS `([^`]+)`")
+# Statements that create or change an object: a later statement on it cannot be dry-run before they are applied.
+CREATES = re.compile(r"\s*(?:CREATE (?:SCHEMA|TABLE) IF NOT EXISTS|ALTER TABLE) `([^`]+)`")
 IN_DATES = "DATE({column}) IN UNNEST(@dates)"
 # The roles the story lists: changing datasets, tables and views; running jobs (queries, DDL, dry runs).
 DATA_EDITOR = "roles/bigquery.dataEditor"
@@ -271,7 +272,8 @@ class BigQueryOfflineStore(OfflineStore):
 
     def preflight(self, statements: Sequence[str]) -> dict[str, Any]:
         """Dry-runs each statement, except those on a dataset or table an earlier statement of the same run
-        creates: BigQuery cannot dry-run them before it exists (they are checked when their step runs)."""
+        creates or alters: BigQuery cannot dry-run them before that is applied (they are checked when their step
+        runs)."""
         problems: list[str] = []
         created: list[str] = []
         skipped = 0
