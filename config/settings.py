@@ -245,6 +245,8 @@ FCC_STEP_MAX_ATTEMPTS = int(os.environ.get("FCC_STEP_MAX_ATTEMPTS", "5"))
 FCC_STEP_BACKOFF_SECONDS = float(os.environ.get("FCC_STEP_BACKOFF_SECONDS", "0.5"))
 # A running run whose worker has not beaten its heart for this long is freed by the reaper.
 FCC_RUN_STALE_SECONDS = int(os.environ.get("FCC_RUN_STALE_SECONDS", "120"))
+# A training dataset job has no heartbeat: one running this long is taken to have lost its worker.
+FCC_TRAINING_STALE_SECONDS = int(os.environ.get("FCC_TRAINING_STALE_SECONDS", "3600"))
 _REAPER_SECONDS = float(os.environ.get("FCC_REAPER_SECONDS", "60"))
 _ONLINE_SYNC_SECONDS = float(os.environ.get("FCC_ONLINE_SYNC_SECONDS", "60"))
 _DRIFT_SECONDS = float(os.environ.get("FCC_DRIFT_SECONDS", "900"))

@@ -23,6 +23,7 @@ from catalog.errors import ApplicationError, Conflict, NotFound, PermissionDenie
 from catalog.models import Component, Environment, Feature
 from provisioning.backends import offline_store_for
 from provisioning.ddl import KEY_COLUMNS
+from provisioning.dispatch import task_send_on_commit
 from provisioning.models import Backfill, BackfillPartition
 from provisioning.parquet_source import ExpectedColumn, SourceFile, read_schema, schema_problems, source_files
 
@@ -191,12 +192,9 @@ def backfill_create(
 
 
 def backfill_enqueue(backfill: Backfill) -> None:
-    def enqueue() -> None:
-        from workers.tasks import backfill_execute_task
+    from workers.tasks import backfill_execute_task
 
-        backfill_execute_task.delay(backfill.pk)
-
-    transaction.on_commit(enqueue)
+    task_send_on_commit(backfill_execute_task, backfill.pk, job="backfill")
 
 
 def backfill_may_cancel(user: Any, backfill: Backfill) -> bool:

@@ -7,6 +7,7 @@ from catalog import roles
 from catalog.audit import audit_log_write, audit_refusal
 from catalog.errors import Conflict, NotFound, PermissionDenied
 from catalog.models import ChangeRequest, Environment
+from provisioning.dispatch import task_send_on_commit
 from provisioning.models import ProvisioningRun
 
 logger = logging.getLogger(__name__)
@@ -25,13 +26,9 @@ def provisioning_run_queue(
         environment=environment, change_request=change_request, plan=plan, plan_hash=plan_hash, revision=revision
     )
 
-    def enqueue() -> None:
-        from workers.tasks import provisioning_run_execute
+    from workers.tasks import provisioning_run_execute
 
-        provisioning_run_execute.delay(run.pk)
-        logger.info("provisioning run queued", extra={"run": run.pk, "environment": environment.name})
-
-    transaction.on_commit(enqueue)
+    task_send_on_commit(provisioning_run_execute, run.pk, job="provisioning_run")
     return run
 
 
@@ -62,10 +59,7 @@ def provisioning_run_retry(*, user: Any, run_id: int) -> ProvisioningRun:
             after={"state": "queued"},
         )
 
-        def enqueue() -> None:
-            from workers.tasks import provisioning_run_execute
+        from workers.tasks import provisioning_run_execute
 
-            provisioning_run_execute.delay(run.pk)
-
-        transaction.on_commit(enqueue)
+        task_send_on_commit(provisioning_run_execute, run.pk, job="provisioning_run")
     return run

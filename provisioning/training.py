@@ -2,6 +2,7 @@
 
 import logging
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from catalog.audit import audit_log_write
 from catalog.errors import NotFound, Problem, SpecValidationError
 from catalog.models import Environment, Feature
 from provisioning.backends import offline_store_for
+from provisioning.dispatch import task_send_on_commit
 from provisioning.models import TrainingDataset
 from provisioning.retrieval import RetrievalError, feature_refs_from_catalog, read_entity_file, write_parquet
 
@@ -101,13 +103,39 @@ def training_dataset_request(
             after={"rows": table.num_rows, **selection},
         )
 
-        def enqueue() -> None:
-            from workers.tasks import training_dataset_task
+        from workers.tasks import training_dataset_task
 
-            training_dataset_task.delay(dataset.pk)
-
-        transaction.on_commit(enqueue)
+        task_send_on_commit(training_dataset_task, dataset.pk, job="training_dataset")
     return dataset
+
+
+def training_datasets_reap_stale() -> list[int]:
+    """Datasets to send to a worker again: queued ones whose message was lost (older than a stale period), and
+    running ones whose worker died (running longer than FCC_TRAINING_STALE_SECONDS), put back in the queue. A
+    rerun writes the same result file again; the claim's compare-and-set makes a duplicate delivery harmless."""
+    now = timezone.now()
+    running_cutoff = now - timedelta(seconds=int(settings.FCC_TRAINING_STALE_SECONDS))
+    queued_cutoff = now - timedelta(seconds=int(settings.FCC_RUN_STALE_SECONDS))
+    freed = []
+    running = TrainingDataset.State.RUNNING
+    for dataset in TrainingDataset.objects.filter(state=running, started_at__lt=running_cutoff).select_related(
+        "environment"
+    ):
+        with transaction.atomic():
+            stale = TrainingDataset.objects.filter(pk=dataset.pk, state=running, started_at__lt=running_cutoff)
+            if stale.update(state=TrainingDataset.State.QUEUED, started_at=None):
+                audit_log_write(
+                    actor=None,
+                    action="training_dataset.reaped",
+                    object_type="training_dataset",
+                    object_id=dataset.pk,
+                    environment=dataset.environment.name,
+                    after={"previous_worker": dataset.claimed_by},
+                )
+                freed.append(dataset.pk)
+    waiting = TrainingDataset.objects.filter(state=TrainingDataset.State.QUEUED, created_at__lt=queued_cutoff)
+    freed.extend(pk for pk in waiting.values_list("pk", flat=True) if pk not in freed)
+    return freed
 
 
 def training_dataset_execute(*, dataset_id: int, worker: str) -> str:

@@ -478,3 +478,29 @@ def test_a_change_request_in_another_environment_cannot_be_superseded(c1, client
     )
     assert response.status_code == 409
     assert ChangeRequest.objects.get(pk=other).state == "proposed"
+
+
+def test_an_approval_with_the_broker_down_is_kept_and_the_reaper_sends_the_run_later(
+    c1, client_for, django_capture_on_commit_callbacks, monkeypatch, settings, caplog
+):
+    """The run row is the job; the broker only wakes a worker. A broker that refuses the message must not turn
+    a committed approval into a 500: the run stays queued and the reaper sends it once it has waited."""
+    from kombu.exceptions import OperationalError
+
+    from provisioning.runner import runs_reap_stale
+    from workers import tasks
+
+    def broker_down(run_id: int) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.provisioning_run_execute, "delay", broker_down)
+    cr_id = submit(client_for("dave"), [described(c1, 1, "Approved while the broker is down.")])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = approve(client_for("alice"), cr_id)
+    assert response.status_code == 200, response.content
+    run = ProvisioningRun.objects.get(change_request_id=cr_id)
+    assert (run.state, ChangeRequest.objects.get(pk=cr_id).state) == ("queued", "approved")
+    assert any("broker unreachable" in r.getMessage() for r in caplog.records)
+    assert run.pk not in runs_reap_stale()  # not yet: a message may still be on its way
+    settings.FCC_RUN_STALE_SECONDS = 0
+    assert run.pk in runs_reap_stale()

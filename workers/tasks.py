@@ -41,11 +41,14 @@ def provisioning_run_execute(self: Any, run_id: int) -> None:
 @shared_task(name="provisioning.reap_stale_runs")
 def provisioning_reap_stale_runs() -> None:
     from provisioning.runner import backfills_reap_stale, runs_reap_stale
+    from provisioning.training import training_datasets_reap_stale
 
     for run_id in runs_reap_stale():
         provisioning_run_execute.delay(run_id)
     for backfill_id in backfills_reap_stale():
         backfill_execute_task.delay(backfill_id)
+    for dataset_id in training_datasets_reap_stale():
+        training_dataset_task.delay(dataset_id)
 
 
 @shared_task(name="provisioning.backfill_execute", acks_late=True)
