@@ -39,6 +39,7 @@ SCENARIOS = [
     Scenario("broker-restart", ["tests/test_broker_restart.py"], repeat=2),
     Scenario("postgres-restart", ["tests/test_database_restart.py::test_postgresql_restarted_under_load"]),
     Scenario("bigquery-flaky", ["tests/test_bigquery_faults.py"], env={"FCC_FAULT_SHARES": "0.1,0.3,0.5"}),
+    Scenario("worker-sigkill", ["tests/test_worker_kills.py"], env={"FCC_SOAK_KILLS": "20"}),
 ]
 
 

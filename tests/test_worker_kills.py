@@ -32,6 +32,7 @@ from provisioning.drift import drift_findings
 from provisioning.models import Backfill, BackfillPartition, ProvisioningRun, ProvisioningStep
 from provisioning.offline.duckdb_store import DuckDBOfflineStore
 from provisioning.sample_data import components_from_spec_dir, generate_sample_data
+from tests.faults import soak_record
 from tests.test_worker_e2e import ROOT, _database_url, _wait_for
 
 pytestmark = [
@@ -282,3 +283,14 @@ def test_ten_sigkills_during_a_run_and_backfills_converge_exactly_once(isolated_
     checked, problems = audit_chain_verify()
     assert problems == [], problems
     assert checked > 0
+    soak_record(
+        "worker-sigkill",
+        seed=seed,
+        kills=len(kills),
+        run_kills=run_kills,
+        backfill_kills=sum(backfill_kills.values()),
+        backfills=len(backfills),
+        partitions=len(expected_partitions) * len(backfills),
+        rows_per_backfill=sum(source.values()),
+        audit_entries_verified=checked,
+    )
