@@ -8,16 +8,18 @@ into the Redis-backed one (`--redis-url`, a database of its own; the bench's key
   as many): `LocalOnlineStore.read` against a primary-key lookup of the packed rows with a plain `sqlite3`
   connection on the same file (one SELECT, or one `IN (...)` for 100 keys); `RedisOnlineStore.read` against
   a plain redis-py GET / MGET of the same keys; and `online_features_read`, the in-process API function
-  (catalog checks, then the store), on each. `+json` is the same reference with each packed row's JSON parsed,
-  the floor of any read that returns values. The calls take turns on the same keys, rotating which goes first.
-- over HTTP: the console under gunicorn (`--gunicorn`, loopback only) with a token, `POST /api/v1/online-features/`
-  with one random entity id and the 32 features a request, driven by wrk for `--seconds` a run: the highest
-  throughput (`--connections`), one connection (latency without queueing), and paced runs. Plain wrk has no
-  rate flag (wrk2 has): a paced run makes each of 10 connections wait between requests (wrk's `delay()`),
-  offering 1,000 requests/s and, when the highest throughput is under 2,000/s, half of it; latency is measured
-  from each send, so a stall lowers the rate instead of showing in the latency (coordinated omission). The
-  reference is bench/online_minimal_app.py, a 20-line WSGI app doing the same lookup (no framework, no
-  catalog checks), under the same gunicorn settings in the same run.
+  (catalog checks, then the store), on each. `+decode` is the same reference with each packed row decoded too
+  (marshal for SQLite, JSON for Redis), the floor of any read that returns values. The calls take turns on the
+  same keys, rotating which goes first.
+- over HTTP: the console under gunicorn (`--gunicorn`, default as scripts/run-console.sh serves it; loopback
+  only) with a token, `POST /api/v1/online-features/` with one random entity id and the 32 features a request,
+  for `--seconds` a run: the highest throughput under wrk (`--connections` keep-alive connections, unpaced), then
+  paced runs of bench/load.py at `--rates` (1,000/s and 500/s): each request is due at a fixed time and its
+  latency counts from then, so a stall shows in the latency instead of lowering the rate (no coordinated
+  omission, as wrk2 would count; plain wrk has no rate flag). The reference is bench/online_minimal_app.py, a
+  20-line WSGI app doing the same lookup (a token compared, no framework, no catalog checks), under the same
+  gunicorn settings in the same run. (A minimal ASGI app would need an ASGI server, which the project does
+  not install.)
 
 Before the in-process timings the setup's objects are frozen out of the garbage collector's reach
 (`gc.freeze()`, as a server would after start-up), so the collector's pauses come from the reads' own
@@ -32,16 +34,11 @@ import gc
 import json
 import os
 import random
-import shlex
 import shutil
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +53,6 @@ TARGETS_MS = {  # issue 4: in-process p99 for one key and 100 keys
 }
 HTTP_RATE_TARGET = 1000  # requests/s ...
 HTTP_P99_TARGET_MS = 10.0  # ... with p99 under this
-PACED_CONNECTIONS = 10
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
 SYMBOLS = ("NIFTY", "BANKNIFTY", "FINNIFTY", "MIDCPNIFTY")
 
@@ -82,13 +78,22 @@ from django.core.management import call_command  # noqa: E402
 from django.test import override_settings  # noqa: E402
 
 from api.models import ApiToken  # noqa: E402
+from bench.load import (  # noqa: E402
+    GUNICORN_ARGS,
+    ONLINE_PATH,
+    Gunicorn,
+    LoadFigures,
+    online_read_requests,
+    paced_load,
+    wrk_max_throughput,
+)
 from catalog.entity_ids import entity_id  # noqa: E402
 from catalog.models import Environment  # noqa: E402
 from catalog.services import catalog_load  # noqa: E402
 from provisioning import desired  # noqa: E402
 from provisioning.models import ProvisioningRun  # noqa: E402
 from provisioning.online.base import OnlineFeature, OnlineStore  # noqa: E402
-from provisioning.online.local import LocalOnlineStore  # noqa: E402
+from provisioning.online.local import LocalOnlineStore, _decode  # noqa: E402
 from provisioning.online.redis_store import RedisOnlineStore  # noqa: E402
 from provisioning.online_read import online_features_read  # noqa: E402
 from provisioning.runner import run_execute  # noqa: E402
@@ -178,7 +183,7 @@ def interleaved(
 
 def sqlite_lookup(path: Path, decode: bool) -> Callable[[list[str]], Any]:
     """The packed rows by primary key with a plain sqlite3 connection: one SELECT for one key, one
-    `IN (?, ...)` for many; with `decode`, each row's JSON parsed too."""
+    `IN (?, ...)` for many; with `decode`, each row decoded too (marshal, as the store packs them)."""
     connection = sqlite3.connect(path)
 
     def lookup(ids: list[str]) -> Any:
@@ -190,7 +195,7 @@ def sqlite_lookup(path: Path, decode: bool) -> Callable[[list[str]], Any]:
                 f"SELECT values_json FROM online_values WHERE entity_id IN ({marks})",  # noqa: S608 - placeholders
                 ids,
             ).fetchall()
-        return [json.loads(r[0]) for r in rows] if decode else rows
+        return [_decode(r[0]) for r in rows] if decode else rows
 
     return lookup
 
@@ -263,7 +268,7 @@ def in_process(
 def print_in_process(rows: list[dict[str, Any]]) -> list[str]:
     header = (
         f"{'store':<7} {'read':<22} {'keys':>4} {'iter':>6} {'p50 ms':>8} {'p99 ms':>8}  {'lookup p50':>10} "
-        f"{'p99':>7} {'p99 x':>6}  {'+json p50':>9} {'p99':>7}  target p99"
+        f"{'p99':>7} {'p99 x':>6}  {'+decode p50':>11} {'p99':>7}  target p99"
     )
     print(header)
     print("-" * len(header))
@@ -279,189 +284,85 @@ def print_in_process(rows: list[dict[str, Any]]) -> list[str]:
         print(
             f"{row['store']:<7} {row['case']:<22} {row['keys']:>4} {row['iterations']:>6} {got.p50_ms:>8.3f} "
             f"{got.p99_ms:>8.3f}  {lookup.p50_ms:>10.3f} {lookup.p99_ms:>7.3f} {got.p99_ms / lookup.p99_ms:>5.1f}x  "
-            f"{decoded.p50_ms:>9.3f} {decoded.p99_ms:>7.3f}  < {target} ms {verdict}"
+            f"{decoded.p50_ms:>11.3f} {decoded.p99_ms:>7.3f}  < {target} ms {verdict}"
         )
     return verdicts
 
 
 # --- HTTP --------------------------------------------------------------------------------------------------------
 
-WRK_SCRIPT = """
-local bodies = {%(bodies)s}
-local counter = 0
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Token %(token)s"
-request = function()
-  counter = counter + 1
-  return wrk.format(nil, "%(path)s", nil, bodies[(counter %% #bodies) + 1])
-end
-%(delay)s
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('WRK {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p90_us": %%d, "p99_us": %%d, '
-    .. '"max_us": %%d, "connect": %%d, "read": %%d, "write": %%d, "status": %%d, "timeout": %%d}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max, e.connect, e.read, e.write, e.status, e.timeout))
-end
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Server:
-    """A gunicorn on loopback, started here and stopped by its own process id."""
-
-    def __init__(self, app: str, gunicorn_args: list[str], env: dict[str, str], path: str, body: str, token: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}{path}"
-        command = [
-            str(Path(sys.executable).with_name("gunicorn")),
-            app,
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "--log-level",
-            "warning",
-            "--pythonpath",
-            f"{ROOT},{ROOT / 'bench'}",
-            *gunicorn_args,
-        ]
-        self.log = open(Path(_scratch.name) / f"gunicorn-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                request = urllib.request.Request(  # noqa: S310 - a loopback URL built here
-                    self.url,
-                    data=body.encode(),
-                    method="POST",
-                    headers={"Content-Type": "application/json", "Authorization": f"Token {token}"},
-                )
-                with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback URL built here
-                    json.loads(response.read())
-                break
-            except (urllib.error.URLError, ConnectionError) as error:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    sys.exit(f"gunicorn {app} did not answer: {error}; see {self.log.name}")
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
-def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, Any]:
-    output = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    line = next(line for line in output.splitlines() if line.startswith("WRK "))
-    figures: dict[str, Any] = json.loads(line[4:])
-    figures["rate"] = figures["requests"] / (figures["duration_us"] / 1e6)
-    figures["errors"] = sum(figures[k] for k in ("connect", "read", "write", "status", "timeout"))
-    figures["connections"] = connections
-    return figures
-
-
-def write_script(work: Path, name: str, bodies: list[str], token: str, path: str, pace_ms: int | None) -> Path:
-    script = work / f"{name}.lua"
-    delay = f"delay = function() return {pace_ms} end" if pace_ms else ""
-    text = WRK_SCRIPT % {
-        "bodies": ", ".join("[[" + b + "]]" for b in bodies),
-        "token": token,
-        "path": path,
-        "delay": delay,
-    }
-    script.write_text(text)
-    return script
-
 
 def over_http(ids: list[str], names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each app under the same gunicorn settings, in turn: wrk's highest throughput, then a paced run per rate."""
     user = get_user_model().objects.create_user(username="online-bench")
     _, token = ApiToken.issue(user=user, name="online-bench")
-    path = "/api/v1/online-features/"
-    rng = random.Random(5)
-    bodies = [json.dumps({"environment": "dev", "entity_ids": [e], "features": names}) for e in rng.sample(ids, 1000)]
-    work = Path(_scratch.name)
+    requests = online_read_requests(ids, names)
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
     env["FCC_BENCH_ONLINE_DB"] = str(LocalOnlineStore(environment="dev", project="", region="").path)
     env["FCC_BENCH_TOKEN"] = token
-    gunicorn_args = shlex.split(args.gunicorn)
-    unpaced = write_script(work, "unpaced", bodies, token, path, None)
-    runs = []
+    runs: list[dict[str, Any]] = []
+    work = Path(_scratch.name)
     for label, app in (("console", "config.wsgi:application"), ("minimal", "online_minimal_app:application")):
-        server = Server(app, gunicorn_args, env, path, bodies[0], token)
-        try:
-            wrk(server.url, unpaced, args.connections, 2)  # warm-up: imports, connections, caches
+        with Gunicorn(app, env=env, args=args.gunicorn, log=work / f"gunicorn-{label}.log") as server:
+            url = server.url + ONLINE_PATH
+            wrk_max_throughput(url, token, requests, seconds=2, connections=args.connections)  # warm-up
 
-            def run(
-                name: str, script: Path, connections: int, url: str = server.url, app: str = label
-            ) -> dict[str, Any]:
-                figures = wrk(url, script, connections, args.seconds)
-                figures.update({"app": app, "run": name, "load": os.getloadavg()[0]})
-                runs.append(figures)
-                return figures
+            def record(name: str, figures: LoadFigures | None, label: str = label) -> None:
+                if figures is not None:
+                    runs.append({"app": label, "run": name, "figures": figures, "load": os.getloadavg()[0]})
 
-            highest = run("highest throughput", unpaced, args.connections)
-            run("one connection", unpaced, 1)
-            # Paced: each connection waits between requests, offering about connections / pause requests a second.
-            pause = max(1, round(PACED_CONNECTIONS * 1000 / HTTP_RATE_TARGET))
-            run(
-                f"paced, {HTTP_RATE_TARGET} req/s offered",
-                write_script(work, f"paced-{pause}", bodies, token, path, pause),
-                PACED_CONNECTIONS,
+            record(
+                f"wrk, {args.connections} connections",
+                wrk_max_throughput(url, token, requests, seconds=args.seconds, connections=args.connections),
             )
-            half = highest["rate"] / 2
-            if half < HTTP_RATE_TARGET:
-                pause = max(1, round(PACED_CONNECTIONS * 1000 / half))
-                run(
-                    f"paced, {half:.0f} req/s offered (half)",
-                    write_script(work, f"paced-{pause}", bodies, token, path, pause),
-                    PACED_CONNECTIONS,
+            for rate in args.rates:
+                record(
+                    f"paced {rate:.0f}/s, {args.paced_connections} connections",
+                    paced_load(
+                        server.url,
+                        requests,
+                        rate=rate,
+                        seconds=args.seconds,
+                        headers={"Authorization": f"Token {token}"},
+                        connections=args.paced_connections,
+                    ),
                 )
-        finally:
-            server.stop()
     return runs
 
 
 def print_http(runs: list[dict[str, Any]], gunicorn: str) -> list[str]:
-    print(f"\nHTTP: POST /api/v1/online-features/, 1 entity x 32 features a request, gunicorn {gunicorn}, wrk -t1")
+    print(f"\nHTTP: POST {ONLINE_PATH}, 1 entity x 32 features a request, gunicorn {gunicorn}, on loopback")
     header = (
-        f"{'app':<8} {'run':<32} {'conn':>4} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
-        f"{'max ms':>7} {'errors':>6} {'load1':>5}"
+        f"{'app':<8} {'run':<28} {'req/s':>7} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+        f"{'requests':>8} {'errors':>6} {'load1':>5}"
     )
     print(header)
     print("-" * len(header))
     for r in runs:
+        f: LoadFigures = r["figures"]
         print(
-            f"{r['app']:<8} {r['run']:<32} {r['connections']:>4} {r['rate']:>8.0f} {r['p50_us'] / 1e3:>7.2f} "
-            f"{r['p90_us'] / 1e3:>7.2f} {r['p99_us'] / 1e3:>7.2f} {r['max_us'] / 1e3:>7.1f} {r['errors']:>6} "
-            f"{r['load']:>5.1f}"
+            f"{r['app']:<8} {r['run']:<28} {f.rate:>7.0f} {f.p50_ms:>7.2f} {f.p90_ms:>7.2f} {f.p99_ms:>7.2f} "
+            f"{f.max_ms:>7.1f} {f.requests:>8} {f.errors:>6} {r['load']:>5.1f}"
         )
-    best = {app: max(r["rate"] for r in runs if r["app"] == app) for app in ("console", "minimal")}
-    print(f"highest throughput, console / minimal WSGI app: {best['console'] / best['minimal']:.2f}x")
-    paced = next(r for r in runs if r["app"] == "console" and r["run"].startswith(f"paced, {HTTP_RATE_TARGET} "))
-    met = (
-        paced["rate"] >= 0.95 * HTTP_RATE_TARGET and paced["p99_us"] / 1e3 < HTTP_P99_TARGET_MS and not paced["errors"]
-    )
-    return [
-        f"HTTP {HTTP_RATE_TARGET} req/s with p99 < {HTTP_P99_TARGET_MS:.0f} ms: paced run gave "
-        f"{paced['rate']:.0f} req/s, p99 {paced['p99_us'] / 1e3:.2f} ms, {paced['errors']} errors; highest "
-        f"throughput {best['console']:.0f} req/s: " + ("met" if met else "MISSED")
-    ]
+    best = {
+        app: max((r["figures"].rate for r in runs if r["app"] == app), default=0.0) for app in ("console", "minimal")
+    }
+    verdicts = []
+    if best["minimal"]:
+        print(
+            f"highest throughput, console / minimal WSGI app: {best['console']:.0f} / {best['minimal']:.0f} = "
+            f"{best['console'] / best['minimal']:.2f}x"
+        )
+    paced = [r for r in runs if r["app"] == "console" and r["run"].startswith(f"paced {HTTP_RATE_TARGET}/s")]
+    if paced:
+        f = paced[0]["figures"]
+        met = f.rate >= 0.95 * HTTP_RATE_TARGET and f.p99_ms < HTTP_P99_TARGET_MS and not f.errors
+        verdicts.append(
+            f"HTTP {HTTP_RATE_TARGET} req/s with p99 < {HTTP_P99_TARGET_MS:.0f} ms: the paced run gave {f.rate:.0f} "
+            f"req/s, p99 {f.p99_ms:.2f} ms (from each request's due time), {f.errors} errors; highest throughput "
+            f"{best['console']:.0f} req/s: " + ("met" if met else "MISSED")
+        )
+    return verdicts
 
 
 # --- main --------------------------------------------------------------------------------------------------------
@@ -474,12 +375,16 @@ def main() -> None:
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP runs")
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process reads")
-    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--seconds", type=int, default=10, help="length of each HTTP run")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections of the highest-throughput run")
-    parser.add_argument("--gunicorn", default="--workers 2 --threads 1", help="gunicorn options of both apps")
+    parser.add_argument("--paced-connections", type=int, default=16, help="connections of the paced runs")
+    parser.add_argument(
+        "--rates", type=float, nargs="*", default=[HTTP_RATE_TARGET, 500], help="offered rates of the paced runs"
+    )
+    parser.add_argument("--gunicorn", default=GUNICORN_ARGS, help="gunicorn options of both apps")
     args = parser.parse_args()
     if not args.no_http and not shutil.which("wrk"):
-        sys.exit("wrk is missing: apt-get install -y wrk (or run with --no-http)")
+        print("wrk is missing (apt-get install -y wrk): no highest-throughput runs, paced runs only")
 
     started = time.perf_counter()
     environment = bootstrap()
@@ -511,7 +416,8 @@ def main() -> None:
             print(
                 "in-process, reads of 32 features; in the same loop on the same keys, the references: lookup = the "
                 "packed rows by primary key with plain sqlite3 (one SELECT, or one IN (...) for 100 keys) or plain "
-                "redis-py GET / MGET; +json = the same and json.loads of each row; p99 x = read p99 / lookup p99"
+                "redis-py GET / MGET; +decode = the same and each row decoded (marshal / JSON); p99 x = read p99 / "
+                "lookup p99"
             )
             verdicts += print_in_process(in_process(environment, ids, names, args.redis_url, args.iterations))
             print(f"load average after in-process: {os.getloadavg()[0]:.1f}")

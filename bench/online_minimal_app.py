@@ -1,12 +1,14 @@
 """The reference endpoint for bench/online_bench.py's HTTP figures: the same lookup as the console's
 `POST /api/v1/online-features/` with nothing around it (no framework, no catalog checks, no TTLs), a token
-compared, a JSON body read, one primary-key lookup of the packed row per entity in the same SQLite file.
+compared, a JSON body read, one primary-key lookup of the packed row per entity in the same SQLite file, the
+row decoded as the store packs it (marshal; JSON text for older rows).
 
     FCC_BENCH_ONLINE_DB=... FCC_BENCH_TOKEN=... gunicorn --pythonpath bench online_minimal_app:application
 """
 
 import datetime as dt
 import json
+import marshal
 import os
 import sqlite3
 import threading
@@ -29,7 +31,8 @@ def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
         row = _local.connection.execute(
             "SELECT values_json FROM online_values WHERE entity_id = ?", [entity]
         ).fetchone()
-        stored = json.loads(row[0]) if row else {}
+        packed = row[0] if row else None
+        stored = (marshal.loads(packed) if type(packed) is bytes else json.loads(packed)) if packed else {}  # noqa: S302
         values = {}
         for name in body["features"]:
             item = stored.get(name)
