@@ -17,6 +17,7 @@ from catalog.models import Environment
 from provisioning import desired, runner
 from provisioning.backends import online_store_for
 from provisioning.models import ProvisioningRun
+from tests.faults import soak_record
 
 pytestmark = pytest.mark.django_db(transaction=True)
 RATE = float(os.environ.get("FCC_LOAD_TEST_RATE", "1000"))  # requests a second offered ...
@@ -67,6 +68,7 @@ def test_the_online_read_answers_a_paced_load_without_errors(users, loaded, isol
         log = server.log()
     with capsys.disabled():
         print(f"\nonline read under load (gunicorn {server.command[-4:]}): {figures.line()}")  # noqa: T201 - the report
+    soak_record("online-read-load", **{k: v for k, v in figures.as_dict().items() if not isinstance(v, list | dict)})
     assert figures.requests == int(RATE * SECONDS)
     assert figures.errors == 0, (figures.error_samples, figures.statuses, log[-2000:])
     assert figures.statuses == {"200": figures.requests}
