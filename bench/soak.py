@@ -41,10 +41,10 @@ SCENARIOS = [
     Scenario("bigquery-flaky", ["tests/test_bigquery_faults.py"], env={"FCC_FAULT_SHARES": "0.1,0.3,0.5"}),
     Scenario("worker-sigkill", ["tests/test_worker_kills.py"], env={"FCC_SOAK_KILLS": "20"}),
     Scenario(
-        "online-read-load",
+        "api-load",
         ["tests/test_online_load.py"],
         repeat=2,
-        env={"FCC_LOAD_TEST_RATE": "1000", "FCC_LOAD_TEST_SECONDS": "10"},
+        env={"FCC_LOAD_TEST_RATE": "1000", "FCC_API_LOAD_RATE": "100", "FCC_LOAD_TEST_SECONDS": "10"},
     ),
 ]
 
