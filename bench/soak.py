@@ -75,12 +75,18 @@ def run(scenario: Scenario, report: Path, database_url: str, broker_url: str) ->
     return passed, failed, time.monotonic() - started
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    return str(value)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Figures of one scenario: one line per run, then totals of the integer columns."""
     columns = [key for key in rows[0] if key != "scenario"]
     for row in rows[1:]:
         columns += [key for key in row if key not in columns and key != "scenario"]
-    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
     totals = []
     for c in columns:
         values = [row.get(c) for row in rows]
@@ -88,7 +94,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             totals.append(str(sum(v for v in values if isinstance(v, int))))
         elif all(isinstance(v, int | float) for v in values) and len(rows) > 1:
             numbers = [float(v) for v in values if isinstance(v, int | float)]
-            totals.append(f"{min(numbers):g}-{max(numbers):g}")
+            totals.append(f"{_cell(min(numbers))}-{_cell(max(numbers))}")
         else:
             totals.append("")
     widths = [max(len(c), *(len(r[i]) for r in [*cells, totals])) for i, c in enumerate(columns)]
