@@ -6,6 +6,7 @@ For a soak run: FCC_SOAK_KILLS (default 10), FCC_SOAK_SEED (default: random, pri
 longest extra wait before a kill, default 0.5 s), FCC_SOAK_DAYS (trading days of Parquet, default 2).
 """
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -67,7 +68,11 @@ class Workers:
         command += ["--beat", "--schedule", str(self.log_path.with_suffix(".beat"))]
         self._log = self.log_path.open("a")
         self.started_at = time.monotonic()
-        self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        # A session of its own: the embedded beat is a child process, and a SIGKILL of the worker alone would
+        # leave it running (sending reaper ticks) after the worker, the test and the CI run are gone.
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     @property
     def pid(self) -> int:
@@ -76,7 +81,7 @@ class Workers:
 
     def kill(self) -> None:
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
+        os.killpg(self.process.pid, signal.SIGKILL)  # the worker and its beat, as when their machine dies
         self.process.wait(timeout=20)
         self._log.close()
         self.process = None
@@ -84,12 +89,14 @@ class Workers:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
+        os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=20)
+        with contextlib.suppress(ProcessLookupError):  # a beat child that outlived its worker
+            os.killpg(self.process.pid, signal.SIGKILL)
         self._log.close()
         self.process = None
 
