@@ -1,4 +1,3 @@
-import logging
 from typing import Any
 
 from django.db import transaction
@@ -9,8 +8,6 @@ from catalog.errors import Conflict, NotFound, PermissionDenied
 from catalog.models import ChangeRequest, Environment
 from provisioning.dispatch import task_send_on_commit
 from provisioning.models import ProvisioningRun
-
-logger = logging.getLogger(__name__)
 
 
 def provisioning_run_queue(
