@@ -24,6 +24,7 @@ from catalog.models import Component, Environment, Feature
 from provisioning.backends import offline_store_for
 from provisioning.ddl import KEY_COLUMNS
 from provisioning.dispatch import task_send_on_commit
+from provisioning.heartbeat import heartbeat
 from provisioning.models import Backfill, BackfillPartition
 from provisioning.parquet_source import ExpectedColumn, SourceFile, read_schema, schema_problems, source_files
 
@@ -275,6 +276,13 @@ def backfill_execute(*, backfill_id: int, worker: str) -> str:
             environment=environment.name,
             after={"worker": worker, "partitions_done": backfill.partitions_done},
         )
+    with heartbeat(Backfill, backfill.pk, state=Backfill.State.RUNNING, claimed_by=worker):
+        return _load_claimed(backfill)
+
+
+def _load_claimed(backfill: Backfill) -> str:
+    """The claimed backfill's checks and partition jobs; its final state."""
+    environment = backfill.environment
     try:
         files, columns_by_file = _check_source(
             environment, backfill.source, backfill.components, backfill.start_date, backfill.end_date

@@ -24,6 +24,7 @@ from provisioning.backends import offline_store_for, online_store_for
 from provisioning.backfill import backfill_enqueue
 from provisioning.ddl import VIEW_NAME, Column, TableSpec
 from provisioning.errors import PermanentStoreError, StoreError, TransientStoreError
+from provisioning.heartbeat import heartbeat
 from provisioning.models import Backfill, ProvisioningRun, ProvisioningStep
 from provisioning.offline.base import StepOutcome
 from provisioning.preflight import preflight
@@ -280,7 +281,8 @@ def run_execute(*, run_id: int, worker: str) -> str:
         )
     _set_change_request_state(run, ChangeRequest.State.APPLYING)
     context = RunContext(run.environment)
-    with context.offline.session():
+    held = {"state": ProvisioningRun.State.RUNNING, "claimed_by": worker}
+    with heartbeat(ProvisioningRun, run.pk, **held), context.offline.session():
         failed = _execute_steps(run, context)
     if failed:
         return ProvisioningRun.State.FAILED

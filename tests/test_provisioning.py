@@ -1,17 +1,19 @@
 """The provisioning engine on the embedded stores, in process: runs, resumption, retries, drift, costs."""
 
 import datetime as dt
+import time
 
 import duckdb
 import pytest
 from django.utils import timezone
 
-from catalog.models import ChangeRequest, Environment, Feature
+from catalog.models import AuditLogEntry, ChangeRequest, Environment, Feature
 from catalog.services import change_request_approve, change_request_submit
 from provisioning import runner
 from provisioning.backends import offline_store_for, online_store_for
 from provisioning.drift import drift_findings
 from provisioning.errors import TransientStoreError
+from provisioning.heartbeat import heartbeat
 from provisioning.models import ProvisioningRun, ProvisioningStep
 from provisioning.offline.duckdb_store import DuckDBOfflineStore
 from tests.vertex_fake import VertexFake
@@ -256,6 +258,43 @@ def test_the_reaper_frees_a_run_whose_worker_died_and_the_rerun_converges(users,
     assert runner.run_execute(run_id=run.pk, worker="new-worker") == "succeeded"
     assert sorted(_duck(dev).describe()) == [f"c{i}_features" for i in range(1, 9)]
     assert ProvisioningStep.objects.get(run=run, index=1).attempts == 1
+
+
+@pytest.mark.django_db(transaction=True)  # the heartbeat thread writes on its own connection
+def test_a_step_longer_than_the_stale_period_is_not_reaped_while_its_worker_lives(users, loaded, dev, settings):
+    settings.FCC_RUN_STALE_SECONDS = 1
+    run = ProvisioningRun.objects.get(environment=dev, revision=1)
+    reaped: list[list[int]] = []
+    execute = runner._execute_step
+
+    def slow(run_, context, step):
+        if step["kind"] == "ensure_dataset":
+            time.sleep(3)  # three stale periods inside one step
+            reaped.append(runner.runs_reap_stale())
+        return execute(run_, context, step)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "_execute_step", slow)
+        assert runner.run_execute(run_id=run.pk, worker="alive") == "succeeded"
+    assert reaped == [[]]
+    run.refresh_from_db()
+    assert run.attempts == 1
+    assert not AuditLogEntry.objects.filter(action="provisioning_run.reaped").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_heartbeat_does_not_keep_alive_a_job_another_worker_holds(users, loaded, dev, settings):
+    settings.FCC_RUN_STALE_SECONDS = 1
+    run = ProvisioningRun.objects.get(environment=dev, revision=1)
+    assert runner.run_claim(run.pk, "second-worker")
+    old = timezone.now() - dt.timedelta(hours=1)
+    ProvisioningRun.objects.filter(pk=run.pk).update(heartbeat_at=old)
+    with heartbeat(ProvisioningRun, run.pk, state=ProvisioningRun.State.RUNNING, claimed_by="first-worker"):
+        time.sleep(1)
+    assert ProvisioningRun.objects.get(pk=run.pk).heartbeat_at == old
+    with heartbeat(ProvisioningRun, run.pk, state=ProvisioningRun.State.RUNNING, claimed_by="second-worker"):
+        time.sleep(1)
+    assert ProvisioningRun.objects.get(pk=run.pk).heartbeat_at > old
 
 
 def test_runs_of_one_environment_apply_in_revision_order(users, loaded, dev, specs):
