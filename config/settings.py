@@ -272,6 +272,8 @@ CELERY_BEAT_SCHEDULE = {
 # Backfills: where breaking changes' backfills read Parquet from (the story: gs://vertex-mr-data/ in production),
 # and how many partitions one job replaces (BigQuery lets a job modify at most 4,000).
 FCC_PARQUET_ROOT = os.environ.get("FCC_PARQUET_ROOT", str(DATA_DIR / "parquet"))
+# Local directories a requested backfill may read besides FCC_PARQUET_ROOT (comma-separated).
+FCC_BACKFILL_SOURCE_ROOTS = [p.strip() for p in os.environ.get("FCC_BACKFILL_SOURCE_ROOTS", "").split(",") if p.strip()]
 FCC_BACKFILL_PARTITIONS_PER_JOB = int(os.environ.get("FCC_BACKFILL_PARTITIONS_PER_JOB", "31"))
 
 # Production hardening (`python manage.py check --deploy` passes with DJANGO_PRODUCTION=1 and a real secret key).

@@ -9,7 +9,9 @@ reconciled per partition.
 
 import datetime as dt
 import logging
+import os
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -26,7 +28,14 @@ from provisioning.ddl import KEY_COLUMNS
 from provisioning.dispatch import task_send_on_commit
 from provisioning.heartbeat import heartbeat
 from provisioning.models import Backfill, BackfillPartition
-from provisioning.parquet_source import ExpectedColumn, SourceFile, read_schema, schema_problems, source_files
+from provisioning.parquet_source import (
+    GCS_PREFIX,
+    ExpectedColumn,
+    SourceFile,
+    read_schema,
+    schema_problems,
+    source_files,
+)
 
 logger = logging.getLogger(__name__)
 BIGQUERY_PARTITIONS_PER_JOB = 4000
@@ -95,6 +104,29 @@ def _check_source(
     return files, columns
 
 
+def backfill_source_roots() -> list[Path]:
+    """The local directories requested backfills may read: FCC_PARQUET_ROOT and FCC_BACKFILL_SOURCE_ROOTS."""
+    roots = [settings.FCC_PARQUET_ROOT, *settings.FCC_BACKFILL_SOURCE_ROOTS]
+    return [Path(os.path.realpath(root)) for root in roots if root and not root.startswith(GCS_PREFIX)]
+
+
+def _source_not_allowed(source: str) -> str | None:
+    """Why a requested source may not be read, None when it may. A person names the source, and the worker reads
+    whatever Parquet files it finds there into the tables: local sources must lie under a configured root (after
+    resolving `..` and symbolic links), so a request cannot load files from elsewhere on the worker's machine.
+    gs:// sources are read with the service account's own Cloud Storage permissions."""
+    if source.startswith(GCS_PREFIX):
+        return None
+    if "\x00" in source:
+        return "a path cannot contain NUL"
+    resolved = Path(os.path.realpath(source))
+    roots = backfill_source_roots()
+    if any(resolved == root or root in resolved.parents for root in roots):
+        return None
+    shown = ", ".join(str(root) for root in roots) or "none configured"
+    return f"{source[:200]!r} is not under an allowed root ({shown}); set FCC_BACKFILL_SOURCE_ROOTS to add one"
+
+
 def backfill_request(
     *,
     user: Any,
@@ -134,6 +166,12 @@ def backfill_request(
             reason=reason_text,
         )
         raise PermissionDenied(reason_text)
+    source_problem = _source_not_allowed(source)
+    if source_problem is not None:
+        raise BackfillSourceError(
+            "the source is outside the allowed backfill roots",
+            problems=[Problem("source", "source_root", source_problem)],
+        )
     if start_date and end_date and (end_date < start_date or (end_date - start_date).days > MAX_DAYS):
         raise BackfillSourceError(
             "the date range is empty or too long",

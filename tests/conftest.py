@@ -34,6 +34,13 @@ def _no_task_dispatch(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
 
 
 @pytest.fixture(autouse=True)
+def _backfill_sources_under_test_folders(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests write their Parquet sources in their own temporary folders: those may be read by requested
+    backfills (tests/test_backfill.py checks that other folders may not)."""
+    settings.FCC_BACKFILL_SOURCE_ROOTS = [str(tmp_path_factory.getbasetemp())]
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings: Any) -> None:
     """The default hasher takes about half a second a user; every test creating the personas would pay it."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

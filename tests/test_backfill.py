@@ -150,3 +150,27 @@ def test_a_missing_source_is_a_clear_error(users, dev, client_for, tmp_path):
     assert response.status_code == 400
     assert response.json()["errors"][0]["path"] == "source"
     assert request(client_for("carol"), "gs://vertex-mr-data/").status_code == 400
+
+
+def test_a_requested_source_must_lie_under_an_allowed_root(users, dev, client_for, tmp_path, settings):
+    rows = write_source(tmp_path / "allowed" / "src")
+    outside = tmp_path / "outside"
+    write_source(outside)
+    (tmp_path / "allowed" / "link").symlink_to(outside, target_is_directory=True)
+    settings.FCC_BACKFILL_SOURCE_ROOTS = [str(tmp_path / "allowed")]
+    for source in (outside, tmp_path / "allowed" / ".." / "outside", tmp_path / "allowed" / "link"):
+        response = request(client_for("carol"), source)
+        assert response.status_code == 400, (source, response.json())
+        [error] = response.json()["errors"]
+        assert (error["path"], error["rule"]) == ("source", "source_root")
+        assert "FCC_BACKFILL_SOURCE_ROOTS" in error["detail"]
+    assert not Backfill.objects.exists()  # nothing recorded, nothing queued
+
+    response = request(client_for("carol"), tmp_path / "allowed" / "src")
+    assert response.status_code == 201, response.json()
+    assert backfill_execute(backfill_id=response.json()["id"], worker="t") == "succeeded"
+    assert sum(table_counts(dev).values()) == rows
+
+    settings.FCC_BACKFILL_SOURCE_ROOTS = []
+    settings.FCC_PARQUET_ROOT = str(tmp_path / "allowed")  # the sample data's root is always allowed
+    assert request(client_for("carol"), tmp_path / "allowed" / "src").status_code == 201
