@@ -295,7 +295,8 @@ def test_a_heartbeat_does_not_keep_alive_a_job_another_worker_holds(users, loade
     with heartbeat(ProvisioningRun, run.pk, state=ProvisioningRun.State.RUNNING, claimed_by="second-worker"):
         time.sleep(1)
     beaten = ProvisioningRun.objects.get(pk=run.pk).heartbeat_at
-    assert beaten is not None and beaten > old
+    assert beaten is not None
+    assert beaten > old
 
 
 def test_runs_of_one_environment_apply_in_revision_order(users, loaded, dev, specs):
