@@ -7,6 +7,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -278,6 +279,46 @@ def test_duckdb_offline_store_matches(entities: pa.Table, tables: dict[str, pa.T
     assert result.equals(retrieve_point_in_time(entities, FEATURES, ArrowSource(tables)))
 
 
+def test_columns_read_in_batches_match_merge_asof(
+    entities: pa.Table, tables: dict[str, pa.Table], jittered_root: Path, tmp_path: Path
+) -> None:
+    """Two columns a read: every batch's keys are checked against the first's and the match is reused."""
+    files = {}
+    for component, table in tables.items():
+        files[component] = [tmp_path / f"{component}.parquet"]
+        pq.write_table(table, files[component][0])
+    for source in (
+        ParquetLayoutSource(jittered_root, columns_per_read=2),
+        ParquetFilesSource(files, columns_per_read=2),
+        DuckDBSource(duckdb_store(tables, entities), "market_regime_test", columns_per_read=2),
+    ):
+        assert_matches_reference(retrieve_point_in_time(entities, FEATURES, source), entities, tables)
+
+
+@dataclass
+class ShuffledBatches:
+    """A source whose every batch of columns comes in another row order."""
+
+    tables: dict[str, pa.Table]
+
+    def read(self, component: str, columns: Any, **window: Any) -> pa.Table | None:
+        return self.tables.get(component)
+
+    def read_batches(self, component: str, columns: Any, **window: Any) -> Iterator[pa.Table]:
+        table = self.tables.get(component)
+        if table is None:
+            return
+        for seed, first in enumerate(range(0, len(columns), 2)):
+            order = np.random.default_rng(seed).permutation(table.num_rows)
+            present = [c for c in columns[first : first + 2] if c in table.column_names]
+            yield table.select(["symbol", "dte", "ts_minute", *present]).take(order)
+
+
+def test_batches_in_another_row_order_are_matched_again(entities: pa.Table, tables: dict[str, pa.Table]) -> None:
+    result = retrieve_point_in_time(entities, FEATURES, ShuffledBatches(tables))
+    assert_matches_reference(result, entities, tables)
+
+
 def test_bigquery_sql_on_duckdb_matches_the_fast_path(entities: pa.Table, tables: dict[str, pa.Table]) -> None:
     connection = duckdb_store(tables, entities)
     events = entities["event_timestamp"].drop_null()
@@ -419,7 +460,9 @@ def test_files_of_an_older_catalog_lack_the_new_column(tmp_path: Path) -> None:
     pq.write_table(pa.concat_tables([t for t in parts if t.num_columns == 5]), partitions / "new.parquet")
     for source in (
         ParquetLayoutSource(tmp_path / "layout"),
+        ParquetLayoutSource(tmp_path / "layout", columns_per_read=1),
         ParquetFilesSource({"ca": [partitions / "old.parquet", partitions / "new.parquet"]}),
+        ParquetFilesSource({"ca": [partitions / "old.parquet", partitions / "new.parquet"]}, columns_per_read=1),
     ):
         result = retrieve_point_in_time(entities, features, source)
         assert result["oi"].type == pa.int64()
