@@ -4,6 +4,8 @@ The vertex backend runs the real google-cloud-aiplatform v1 clients over real lo
 HTTP, and gRPC for direct writes) against tests/vertex_fake.py; nothing in the client library is mocked.
 """
 
+import json
+import marshal
 import os
 import time
 import uuid
@@ -12,14 +14,26 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
+import hypothesis
+import msgpack  # type: ignore[import-untyped]
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from catalog.entity_ids import entity_id
 from provisioning import ddl
 from provisioning.ddl import online_source_view_sql
 from provisioning.errors import PermanentStoreError, TransientStoreError
-from provisioning.online.base import OnlineFeature, OnlineStore, OnlineViewSpec
+from provisioning.online.base import (
+    OnlineFeature,
+    OnlineStore,
+    OnlineValue,
+    OnlineViewSpec,
+    row_merge,
+    row_pack,
+    unpack_rows,
+)
 from provisioning.online.local import LocalOnlineStore
 from provisioning.online.redis_store import RedisOnlineStore
 from provisioning.online.vertex import VertexOnlineStore
@@ -206,6 +220,20 @@ def test_a_none_written_reads_as_missing_and_does_not_erase(writable):
     assert (values["atm_iv"].status, values["atm_iv"].value) == ("present", 1.0)
 
 
+def test_values_and_event_times_read_back_exactly_with_their_types(writable):
+    # 17 significant digits, a sub-millisecond event time and a whole float: Redis's cjson kept 14 digits and
+    # turned 3.0 into 3.
+    writable.update(spec(ATM_IV, STRADDLE, GEX))
+    precise = 25000.123456789012
+    at = T0 + timedelta(microseconds=123456)
+    writable.write([(ENTITY, at, {"atm_iv": precise, "straddle_premium": 3.0, "gamma_exposure": 0.1 + 0.2})])
+    values = writable.read([ENTITY], ["atm_iv", "straddle_premium", "gamma_exposure"], now=T0)[ENTITY]
+    assert values["atm_iv"] == (precise, at, "present")
+    assert type(values["straddle_premium"].value) is float
+    assert values["straddle_premium"].value == 3.0
+    assert values["gamma_exposure"].value == 0.30000000000000004
+
+
 def test_expired_values_are_explicit(writable):
     writable.update(spec(ATM_IV, GEX))
     writable.write([(ENTITY, T0, {"atm_iv": 1.5, "gamma_exposure": 7.0})])
@@ -215,6 +243,151 @@ def test_expired_values_are_explicit(writable):
     assert (values["gamma_exposure"].status, values["gamma_exposure"].value) == ("present", 7.0)
     at_limit = writable.read([ENTITY], ["atm_iv"], now=T0 + timedelta(seconds=H48))[ENTITY]
     assert at_limit["atm_iv"].status == "present"
+
+
+# The embedded stores: packing, old rows, merging ---------------------------------------------------------------
+
+NAMES = ("a", "b", "c", "d")
+STAMPS = (1000.0, 1500.5, 1900.000001)
+
+
+@hypothesis.settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    entities=st.lists(
+        st.dictionaries(
+            st.sampled_from(NAMES),
+            st.tuples(
+                st.one_of(st.floats(allow_nan=False), st.integers(-(2**63), 2**63 - 1), st.booleans(), st.text()),
+                st.sampled_from(STAMPS),
+            ),
+        ),
+        max_size=5,
+    ),
+    ttls=st.dictionaries(st.sampled_from(NAMES), st.sampled_from([0, 100, 500, 1000])),
+    asked=st.lists(st.sampled_from(NAMES), min_size=1, unique=True),
+    layout_before=st.booleans(),
+)
+def test_unpacked_rows_say_of_each_value_what_it_is(entities, ttls, asked, layout_before):
+    # The fast path (one event time, every feature present, none expired) and the loop agree with the plain rule,
+    # on rows of either layout.
+    moment = 2000.0
+    rows: list[tuple[str, bytes | None]] = [("none", None)]
+    for i, values in enumerate(entities):
+        row = {name: list(item) for name, item in values.items()} if layout_before else row_pack(values)
+        rows.append((f"e{i}", marshal.dumps(row, 4)))
+    got = unpack_rows(rows, asked, ttls, moment, marshal.loads)
+    assert got["none"] == dict.fromkeys(asked, OnlineValue(None, None, "missing"))
+    for i, values in enumerate(entities):
+        expected = {}
+        for name in asked:
+            if name not in values:
+                expected[name] = OnlineValue(None, None, "missing")
+                continue
+            value, stamp = values[name]
+            event = datetime.fromtimestamp(stamp, UTC)
+            expired = name in ttls and moment - stamp > ttls[name]
+            expected[name] = OnlineValue(None, event, "expired") if expired else OnlineValue(value, event, "present")
+        assert got[f"e{i}"] == expected
+        assert [type(v.value) for v in got[f"e{i}"].values()] == [type(v.value) for v in expected.values()]
+
+
+def test_a_row_shares_the_event_time_most_values_have():
+    row = row_merge(None, [(1.0, {"a": 1, "b": 2}), (2.0, {"c": 3}), (0.5, {"a": 0, "d": None})])
+    assert row == (1.0, {"a": 1, "b": 2, "c": 3}, {"c": 2.0})
+    assert row_merge(None, [(1.0, {"a": None})]) is None
+
+
+def test_a_sqlite_row_of_the_layout_before_is_read_and_packed_anew_when_written(tmp_path):
+    store = local(tmp_path)
+    store.update(spec(ATM_IV, STRADDLE, GEX))
+    before = {"atm_iv": [12.5, T0.timestamp()], "straddle_premium": [3.0, (T0 - timedelta(minutes=1)).timestamp()]}
+    with store.connect() as connection:
+        connection.execute("INSERT INTO online_values VALUES (?, ?)", [ENTITY, marshal.dumps(before, 4)])
+    values = store.read([ENTITY], ["atm_iv", "straddle_premium", "gamma_exposure"], now=T0)[ENTITY]
+    assert values["atm_iv"] == (12.5, T0, "present")
+    assert values["straddle_premium"] == (3.0, T0 - timedelta(minutes=1), "present")
+    assert values["gamma_exposure"].status == "missing"
+
+    store.write([(ENTITY, T0 - timedelta(minutes=2), {"atm_iv": 1.0, "gamma_exposure": 4.0})])
+    with store.connect() as connection:
+        (packed,) = connection.execute("SELECT values_json FROM online_values").fetchone()
+    assert marshal.loads(packed) == (  # noqa: S302 - the file this test wrote
+        T0.timestamp(),
+        {"atm_iv": 12.5, "straddle_premium": 3.0, "gamma_exposure": 4.0},
+        {
+            "straddle_premium": (T0 - timedelta(minutes=1)).timestamp(),
+            "gamma_exposure": (T0 - timedelta(minutes=2)).timestamp(),
+        },
+    )
+
+
+def test_a_redis_row_in_json_is_read_and_packed_anew_in_msgpack_when_written(request):
+    store = redis_local(request)
+    store.update(spec(ATM_IV, STRADDLE, GEX))
+    key = store.prefix + "e:" + ENTITY
+    # As the Lua merge of before left it: cjson, 14 significant digits, 3.0 as 3.
+    store.client.set(key, json.dumps({"atm_iv": [25000.123456789, T0.timestamp()], "straddle_premium": [3, 1.0e9]}))
+    values = store.read([ENTITY], ["atm_iv", "straddle_premium", "gamma_exposure"], now=T0)[ENTITY]
+    assert values["atm_iv"] == (25000.123456789, T0, "present")
+    assert values["straddle_premium"].status == "expired"
+    assert values["gamma_exposure"].status == "missing"
+
+    store.write([(ENTITY, T0 - timedelta(minutes=1), {"atm_iv": 1.0, "straddle_premium": 212.5})])
+    packed = store.client.get(key)
+    assert packed[:1] != b"{"
+    assert msgpack.unpackb(packed) == [
+        T0.timestamp(),
+        {"atm_iv": 25000.123456789, "straddle_premium": 212.5},
+        {"straddle_premium": (T0 - timedelta(minutes=1)).timestamp()},
+    ]
+
+
+def test_a_redis_key_expires_with_the_longest_ttl_after_its_newest_value(request):
+    store = redis_local(request)
+    store.update(spec(ATM_IV, STRADDLE, GEX))
+    now = datetime.now(UTC).replace(microsecond=0)
+    store.write([(ENTITY, now, {"atm_iv": 1.0})])
+    # Older values written later (most of the row's) do not bring the expiry forward.
+    store.write([(ENTITY, now - timedelta(hours=1), {"gamma_exposure": 2.0, "straddle_premium": 3.0})])
+    assert store.client.expiretime(store.prefix + "e:" + ENTITY) == int(now.timestamp()) + D30
+
+
+def test_a_redis_key_another_writer_changes_during_a_merge_is_merged_again(request, monkeypatch):
+    store = redis_local(request)
+    store.update(spec(ATM_IV, STRADDLE))
+    other = RedisOnlineStore(environment=store.environment, project=PROJECT, region=REGION, options=store.options)
+    store.write([(ENTITY, T0 - timedelta(minutes=2), {"atm_iv": 1.0})])
+    mget = redis.client.Pipeline.mget
+    reads = []
+
+    def racing(pipe, keys):
+        current = mget(pipe, keys)
+        reads.append(current)
+        if len(reads) == 1:  # between our read and our EXEC, a newer value lands
+            other.write([(ENTITY, T0, {"atm_iv": 5.0})])
+        return current
+
+    monkeypatch.setattr(redis.client.Pipeline, "mget", racing)
+    store.write([(ENTITY, T0 - timedelta(minutes=1), {"atm_iv": 2.0, "straddle_premium": 212.5})])
+    assert len(reads) == 3  # ours, the other writer's, ours again
+    values = store.read([ENTITY], ["atm_iv", "straddle_premium"], now=T0)[ENTITY]
+    assert values["atm_iv"] == (5.0, T0, "present")
+    assert values["straddle_premium"].value == 212.5
+
+
+def test_a_redis_merge_that_keeps_losing_is_a_transient_error(request, monkeypatch):
+    store = redis_local(request)
+    store.update(spec(ATM_IV))
+    mget = redis.client.Pipeline.mget
+
+    def racing(pipe, keys):
+        current = mget(pipe, keys)
+        store.client.set(keys[0], msgpack.packb(row_merge(None, [(T0.timestamp(), {"atm_iv": 5.0})])))
+        return current
+
+    monkeypatch.setattr(redis.client.Pipeline, "mget", racing)
+    with pytest.raises(TransientStoreError, match="changed by other writers 10 times"):
+        store.write([(ENTITY, T0, {"atm_iv": 1.0})])
 
 
 # Vertex: IDs, requests, resources -----------------------------------------------------------------------------
