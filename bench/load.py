@@ -12,7 +12,8 @@ gets another status than expected, fails or times out; the connection is then op
     from bench.load import online_read_load
     figures = online_read_load("http://127.0.0.1:8000", token, entity_ids, features, rate=1000, seconds=10)
 
-`wrk_max_throughput` runs wrk (unpaced) for the highest throughput when wrk is installed. As a command:
+`wrk_max_throughput` runs wrk (unpaced) for the highest throughput when wrk is installed. `Gunicorn` (a WSGI app)
+and `Uvicorn` (an ASGI app) serve an app on a free loopback port for a run. As a command:
 
     .venv/bin/python bench/load.py --url http://127.0.0.1:8000 --token ... --rate 1000 --seconds 10 \\
         --entity NIFTY_202611270915_3 --feature atm_iv ...
@@ -329,6 +330,8 @@ class Gunicorn:
     """A gunicorn serving `app` on a free loopback port, as a context manager: started and waited for (any HTTP
     answer to GET `ready_path`), then stopped by its own process id. `url` is its base URL."""
 
+    server = "gunicorn"
+
     def __init__(
         self,
         app: str = "config.wsgi:application",
@@ -341,7 +344,19 @@ class Gunicorn:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [
+        self.command = self._command(app, args)
+        self.env = dict(env if env is not None else os.environ)
+        if log is None:
+            handle, name = tempfile.mkstemp(prefix="fcc-gunicorn-", suffix=".log")
+            os.close(handle)
+            log = Path(name)
+        self.log_path = log
+        self.ready_path = ready_path
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _command(self, app: str, args: str) -> list[str]:
+        return [
             str(Path(sys.executable).with_name("gunicorn")),
             app,
             "--bind",
@@ -352,15 +367,6 @@ class Gunicorn:
             f"{ROOT},{ROOT / 'bench'}",
             *shlex.split(args),
         ]
-        self.env = dict(env if env is not None else os.environ)
-        if log is None:
-            handle, name = tempfile.mkstemp(prefix="fcc-gunicorn-", suffix=".log")
-            os.close(handle)
-            log = Path(name)
-        self.log_path = log
-        self.ready_path = ready_path
-        self.start_timeout = start_timeout
-        self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "Gunicorn":
         with self.log_path.open("w") as log:
@@ -377,7 +383,7 @@ class Gunicorn:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(
-                        f"gunicorn {self.command[1]} did not answer: {error!r}; see {self.log_path}"
+                        f"{self.server} {self.command[1]} did not answer: {error!r}; see {self.log_path}"
                     ) from None
                 time.sleep(0.2)
 
@@ -397,6 +403,49 @@ class Gunicorn:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def workers_of(gunicorn_args: str) -> int:
+    """The worker count of gunicorn options (1, gunicorn's default, without one)."""
+    words = shlex.split(gunicorn_args)
+    for i, word in enumerate(words):
+        if word in ("--workers", "-w") and i + 1 < len(words):
+            return int(words[i + 1])
+        if word.startswith("--workers="):
+            return int(word.partition("=")[2])
+    return 1
+
+
+class Uvicorn(Gunicorn):
+    """An ASGI `app` under uvicorn (uvloop and httptools, no access log, as gunicorn runs here), `workers`
+    processes, on a free loopback port; started, waited for and stopped as Gunicorn is."""
+
+    server = "uvicorn"
+
+    def __init__(self, app: str, *, workers: int = 1, **kwargs: Any) -> None:
+        self.workers = workers
+        super().__init__(app, **kwargs)
+
+    def _command(self, app: str, args: str) -> list[str]:
+        return [
+            str(Path(sys.executable).with_name("uvicorn")),
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--app-dir",
+            str(ROOT),
+        ]
 
 
 def main() -> None:
