@@ -370,6 +370,8 @@ def main() -> None:
                     if method == "fast path":
                         if storage == "hour files":
                             target = "none: not the offline store"
+                        elif rows not in TARGETS:
+                            target = "none for this row count"
                         else:
                             limit = memory_target if storage == "in memory" else files_target
                             met = f["seconds"] < limit and f["peak_mb"] < peak_target

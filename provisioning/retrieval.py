@@ -243,8 +243,35 @@ def _read_parquet_batches_duckdb(
         connection.close()
 
 
+class _ReadsInBatches:
+    """`read` and `read_batches` of a source that reads `per_read` columns at a time in `_batches` (0: all)."""
+
+    columns_per_read: int
+
+    def read(
+        self, component: str, columns: Sequence[str], *, symbols: Collection[str], start: dt.datetime, end: dt.datetime
+    ) -> Any:
+        return next(self._batches(component, columns, symbols, start, end, per_read=0), None)
+
+    def read_batches(
+        self, component: str, columns: Sequence[str], *, symbols: Collection[str], start: dt.datetime, end: dt.datetime
+    ) -> Iterator[Any]:
+        return self._batches(component, columns, symbols, start, end, per_read=self.columns_per_read)
+
+    def _batches(
+        self,
+        component: str,
+        columns: Sequence[str],
+        symbols: Collection[str],
+        start: dt.datetime,
+        end: dt.datetime,
+        per_read: int,
+    ) -> Iterator[Any]:
+        raise NotImplementedError
+
+
 @dataclass
-class ParquetLayoutSource:
+class ParquetLayoutSource(_ReadsInBatches):
     """Parquet in the story's layout: `{root}/{ASSET}/{yyyy}/{mm}/{dd}/{HH}/{component}.parquet`.
 
     Reads only the files of the entity rows' symbols and of the dates that can hold values for them (the path
@@ -273,16 +300,6 @@ class ParquetLayoutSource:
                     found.append((day, match["h"], asset, str(path)))
         return [path for *_, path in sorted(found)]
 
-    def read(
-        self, component: str, columns: Sequence[str], *, symbols: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> Any:
-        return next(self._batches(component, columns, symbols, start, end, per_read=0), None)
-
-    def read_batches(
-        self, component: str, columns: Sequence[str], *, symbols: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> Iterator[Any]:
-        return self._batches(component, columns, symbols, start, end, per_read=self.columns_per_read)
-
     def _batches(
         self,
         component: str,
@@ -298,45 +315,33 @@ class ParquetLayoutSource:
 
 
 @dataclass
-class ParquetFilesSource:
+class ParquetFilesSource(_ReadsInBatches):
     """Parquet files named per component (for example the offline store's partition files); no pruning."""
 
     files_by_component: Mapping[str, Sequence[str | Path]]
     threads: int = 4
     columns_per_read: int = COLUMNS_PER_READ  # 0: all at once
 
-    def read(
-        self, component: str, columns: Sequence[str], *, symbols: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> Any:
-        return next(self._batches(component, columns, per_read=0), None)
-
-    def read_batches(
-        self, component: str, columns: Sequence[str], *, symbols: Collection[str], start: dt.datetime, end: dt.datetime
+    def _batches(
+        self,
+        component: str,
+        columns: Sequence[str],
+        symbols: Collection[str],
+        start: dt.datetime,
+        end: dt.datetime,
+        per_read: int,
     ) -> Iterator[Any]:
-        return self._batches(component, columns, per_read=self.columns_per_read)
-
-    def _batches(self, component: str, columns: Sequence[str], per_read: int) -> Iterator[Any]:
         files = [str(f) for f in self.files_by_component.get(component, ())]
         return _read_parquet_batches(files, columns, self.threads, per_read)
 
 
 @dataclass
-class DuckDBSource:
+class DuckDBSource(_ReadsInBatches):
     """The DuckDB offline store's tables (`{dataset}.{component}_features`) through an open connection."""
 
     connection: Any  # duckdb.DuckDBPyConnection
     dataset: str
     columns_per_read: int = COLUMNS_PER_READ  # 0: all at once
-
-    def read(
-        self, component: str, columns: Sequence[str], *, symbols: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> Any:
-        return next(self._batches(component, columns, symbols, start, end, per_read=0), None)
-
-    def read_batches(
-        self, component: str, columns: Sequence[str], *, symbols: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> Iterator[Any]:
-        return self._batches(component, columns, symbols, start, end, per_read=self.columns_per_read)
 
     def _batches(
         self,
