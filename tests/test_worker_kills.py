@@ -125,7 +125,12 @@ def _kill_cycle(
     partitions and a random delay, and kills it there. Returns what was in progress at the kill, or None when
     the target finished first (no kill)."""
     pid = workers.pid
-    _wait_for(lambda: _claimed_by(model, target.pk, pid), timeout=60, what=f"worker {pid} to claim {target}", log=log)
+    try:
+        _wait_for(lambda: _claimed_by(model, target.pk, pid), timeout=60, what=f"worker {pid} to claim", log=log)
+    except AssertionError as error:
+        # What the row says now (another consumer may hold it), not the test's stale copy.
+        row = model.objects.filter(pk=target.pk).values("state", "claimed_by", "heartbeat_at").first()
+        raise AssertionError(f"{error}\n{model.__name__} {target.pk} now: {row}") from None
     claimed_after = time.monotonic() - workers.started_at
     _, done, _ = progress(target)
     wanted = min(done + rng.randint(0, 3), units - 1)
