@@ -241,13 +241,19 @@ def test_parquet_layout_matches_merge_asof(
     assert_matches_reference(result, entities, tables)
 
 
+def component_files(tables: dict[str, pa.Table], folder: Path) -> dict[str, list[Path]]:
+    """Each component's table as one Parquet file in `folder`, for ParquetFilesSource."""
+    files = {}
+    for component, table in tables.items():
+        files[component] = [folder / f"{component}.parquet"]
+        pq.write_table(table, files[component][0])
+    return files
+
+
 def test_parquet_files_and_loaded_source_match(
     entities: pa.Table, tables: dict[str, pa.Table], jittered_root: Path, tmp_path: Path
 ) -> None:
-    files = {}
-    for component, table in tables.items():
-        files[component] = [tmp_path / f"{component}.parquet"]
-        pq.write_table(table, files[component][0])
+    files = component_files(tables, tmp_path)
     expected = retrieve_point_in_time(entities, FEATURES, ArrowSource(tables))
     assert retrieve_point_in_time(entities, FEATURES, ParquetFilesSource(files)).equals(expected)
     window = event_window(entities, FEATURES)
@@ -283,10 +289,7 @@ def test_columns_read_in_batches_match_merge_asof(
     entities: pa.Table, tables: dict[str, pa.Table], jittered_root: Path, tmp_path: Path
 ) -> None:
     """Two columns a read: every batch's keys are checked against the first's and the match is reused."""
-    files = {}
-    for component, table in tables.items():
-        files[component] = [tmp_path / f"{component}.parquet"]
-        pq.write_table(table, files[component][0])
+    files = component_files(tables, tmp_path)
     for source in (
         ParquetLayoutSource(jittered_root, columns_per_read=2),
         ParquetFilesSource(files, columns_per_read=2),
