@@ -243,10 +243,11 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 # Provisioning runs: transient store errors are retried this many times per step, with exponential backoff.
 FCC_STEP_MAX_ATTEMPTS = int(os.environ.get("FCC_STEP_MAX_ATTEMPTS", "5"))
 FCC_STEP_BACKOFF_SECONDS = float(os.environ.get("FCC_STEP_BACKOFF_SECONDS", "0.5"))
-# A running run whose worker has not beaten its heart for this long is freed by the reaper.
+# A running run, backfill or training dataset job whose worker has not beaten its heart for this long is freed
+# by the reaper.
 FCC_RUN_STALE_SECONDS = int(os.environ.get("FCC_RUN_STALE_SECONDS", "120"))
-# A training dataset job has no heartbeat: one running this long is taken to have lost its worker.
-FCC_TRAINING_STALE_SECONDS = int(os.environ.get("FCC_TRAINING_STALE_SECONDS", "3600"))
+# Entity rows a training dataset job computes and writes at a time: its memory is one batch's features.
+FCC_TRAINING_ROWS_PER_BATCH = int(os.environ.get("FCC_TRAINING_ROWS_PER_BATCH", "65536"))
 _REAPER_SECONDS = float(os.environ.get("FCC_REAPER_SECONDS", "60"))
 _ONLINE_SYNC_SECONDS = float(os.environ.get("FCC_ONLINE_SYNC_SECONDS", "60"))
 _DRIFT_SECONDS = float(os.environ.get("FCC_DRIFT_SECONDS", "900"))

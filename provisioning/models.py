@@ -210,10 +210,14 @@ class TrainingDataset(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # Set by the claiming worker while the job runs (provisioning.heartbeat); the reaper re-queues a running job
+    # whose heartbeat is older than FCC_RUN_STALE_SECONDS.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
+        indexes = [models.Index(fields=["state", "heartbeat_at"], name="training_state_heartbeat")]
 
     def __str__(self) -> str:
         return f"training dataset {self.pk} ({self.state})"

@@ -729,14 +729,16 @@ def entity_keys(entities: Any, features: Sequence[FeatureRef]) -> Any:
     )
 
 
-def with_feature_columns(entities: Any, computed: Any, features: Sequence[FeatureRef]) -> Any:
+def with_feature_columns(entities: Any, computed: Any, features: Sequence[FeatureRef], *, first_row: int = 0) -> Any:
     """The entity rows, in their order and with all their columns as given, followed by each feature's column of
-    `computed` (one row per entity row, numbered by `entity_row` as `entity_keys` numbered them)."""
+    `computed` (one row per entity row, numbered by `entity_row` as `entity_keys` numbered them; `entities` is
+    then the slice of the rows numbered from `first_row`)."""
     table = _entity_table(entities)
     names = _output_names(table, features)
     if ROW_COLUMN in computed.column_names:
         order = computed[ROW_COLUMN].to_numpy()
-        if order.size != table.num_rows or not np.array_equal(order, np.arange(table.num_rows)):
+        expected = np.arange(first_row, first_row + table.num_rows)
+        if order.size != table.num_rows or not np.array_equal(order, expected):
             raise RetrievalError(
                 f"the query returned {order.size} rows for {table.num_rows} entity rows, or not in their order"
             )
@@ -745,6 +747,30 @@ def with_feature_columns(entities: Any, computed: Any, features: Sequence[Featur
     return pa.Table.from_arrays(
         [*table.columns, *(computed[name] for name in names)], names=[*table.column_names, *names]
     )
+
+
+def rebatched(batches: Iterable[Any], rows: int) -> Iterator[Any]:
+    """Tables or record batches as tables of `rows` rows each (the last may be shorter), in order."""
+    size = max(1, rows)
+    held: list[Any] = []
+    count = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        held.append(batch)
+        count += batch.num_rows
+        while count >= size:
+            table = _as_table(held)
+            yield table.slice(0, size)
+            rest = table.slice(size)
+            held, count = ([rest] if rest.num_rows else []), rest.num_rows
+    if count:
+        yield _as_table(held)
+
+
+def _as_table(parts: list[Any]) -> Any:
+    tables = [pa.Table.from_batches([p]) if isinstance(p, pa.RecordBatch) else p for p in parts]
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
 def event_window(entities: Any, features: Sequence[FeatureRef]) -> tuple[dt.datetime, dt.datetime] | None:
@@ -876,6 +902,28 @@ def write_parquet(table: Any, path: str | Path, *, row_group_size: int = 65_536)
         Path(temporary).unlink(missing_ok=True)
         raise
     return path.stat().st_size
+
+
+def write_parquet_batches(batches: Iterable[Any], path: str | Path, *, row_group_size: int = 65_536) -> int:
+    """Writes tables of one schema, in order, as one snappy Parquet file (not atomically: the caller writes to a
+    temporary name and moves it); returns the rows written. A later table whose types differ from the first's is
+    cast to them (a batch whose every value is null can carry the catalog's type where another has the data's)."""
+    writer = None
+    rows = 0
+    try:
+        for table in batches:
+            if writer is None:
+                writer = pq.ParquetWriter(str(path), table.schema, compression="snappy")
+            elif not table.schema.equals(writer.schema):
+                table = table.cast(writer.schema)
+            writer.write_table(table, row_group_size=row_group_size)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise RetrievalError("no result to write")
+    return rows
 
 
 # --- BigQuery SQL --------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from provisioning.retrieval import (
     event_window,
     feature_refs_from_specs,
     read_entity_file,
+    rebatched,
     retrieve_point_in_time,
     training_sql,
     write_parquet,
@@ -389,6 +390,38 @@ def test_bigquery_store_on_the_emulator_matches_merge_asof(
     assert_matches_reference(result, entities, tables)
     # The entity rows' table is dropped afterwards.
     assert sorted(bigquery_loaded.describe()) == ["ca_features", "cb_features"]
+
+
+def test_bigquery_store_on_the_emulator_reads_batches_of_entity_rows_from_one_query(
+    bigquery_loaded: BigQueryOfflineStore, entities: pa.Table, tables: dict[str, pa.Table]
+) -> None:
+    """The training job's path: one query, its result read a page at a time and cut into batches of entity rows
+    (97 rows: batches that do not line up with the pages); together they are the whole result."""
+    pages: list[int] = []
+    read_pages = bigquery_loaded._pages
+
+    def counted(rows: Any) -> Iterator[Any]:
+        for page in read_pages(rows):
+            pages.append(page.num_rows)
+            yield page
+
+    bigquery_loaded._pages = counted  # type: ignore[method-assign]
+    try:
+        batches = list(bigquery_loaded.point_in_time_batches(entities, FEATURES, 97))
+    finally:
+        del bigquery_loaded._pages
+    assert len(pages) > 1  # read page by page
+    assert sum(pages) == entities.num_rows
+    assert [b.num_rows for b in batches] == [min(97, entities.num_rows - i) for i in range(0, entities.num_rows, 97)]
+    assert_matches_reference(pa.concat_tables(batches), entities, tables)
+    assert sorted(bigquery_loaded.describe()) == ["ca_features", "cb_features"]
+
+
+def test_rebatched_cuts_and_joins_batches_in_order() -> None:
+    parts = [pa.record_batch({"n": list(range(a, b))}) for a, b in ((0, 3), (3, 3), (3, 10), (10, 11))]
+    assert [t["n"].to_pylist() for t in rebatched(parts, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+    assert [t.num_rows for t in rebatched(parts, 11)] == [11]
+    assert list(rebatched([], 5)) == []
 
 
 def test_bigquery_store_on_the_emulator_keeps_pandas_entities_as_given(

@@ -2,6 +2,8 @@
 
 import datetime as dt
 import io
+import time
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -35,7 +37,19 @@ def reference(entities: pd.DataFrame, source: pd.DataFrame, features: list[tuple
     return out
 
 
-def test_a_training_dataset_through_the_api_matches_merge_asof(users, dev, client_for, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("rows_per_batch", [4, 65_536])
+def test_a_training_dataset_through_the_api_matches_merge_asof(
+    users,
+    dev,  # noqa: F811
+    client_for,
+    tmp_path,
+    settings,
+    rows_per_batch,
+):
+    """Computed and written a batch of entity rows at a time (4 rows: two batches, one row group each) or at once."""
+    from catalog.models import AuditLogEntry
+
+    settings.FCC_TRAINING_ROWS_PER_BATCH = rows_per_batch
     write_source(tmp_path / "src")
     backfill_id = request(client_for("carol"), tmp_path / "src").json()["id"]
     assert backfill_execute(backfill_id=backfill_id, worker="t") == "succeeded"
@@ -74,7 +88,18 @@ def test_a_training_dataset_through_the_api_matches_merge_asof(users, dev, clien
 
     download = client_for("erin").get(f"/api/v1/training-datasets/{dataset_id}/result/")
     assert download.status_code == 200
-    result = pq.read_table(io.BytesIO(b"".join(download.streaming_content))).to_pandas()
+    content = b"".join(download.streaming_content)
+    assert pq.ParquetFile(io.BytesIO(content)).metadata.num_row_groups == (2 if rows_per_batch == 4 else 1)
+    result = pq.read_table(io.BytesIO(content)).to_pandas()
+    actions = AuditLogEntry.objects.filter(object_type="training_dataset", object_id=str(dataset_id))
+    assert list(actions.order_by("id").values_list("action", flat=True)) == [
+        "training_dataset.request",
+        "training_dataset.claim",
+        "training_dataset.succeeded",
+    ]
+    # Nothing but the result is left in the folder (each batch went to a temporary file first).
+    folder = Path(TrainingDataset.objects.get(pk=dataset_id).result_path).parent
+    assert [p.name for p in folder.glob(f"*training-{dataset_id}*")] == [f"training-{dataset_id}.parquet"]
 
     features = list(
         Feature.objects.filter(environment=dev, component__key="c8").order_by("id").values_list("name", "ttl_seconds")
@@ -135,3 +160,95 @@ def test_a_training_dataset_whose_worker_died_is_reaped_and_rerun(users, dev, cl
     assert training_dataset_execute(dataset_id=dataset_id, worker="t") == "succeeded"
     settings.FCC_RUN_STALE_SECONDS = 0
     assert training_datasets_reap_stale() == []  # finished: nothing to send
+
+
+def _request_c8(client_for) -> int:
+    buffer = io.BytesIO(b"symbol,dte,event_timestamp\nNIFTY,3,2026-11-02T04:00:00Z\nNIFTY,3,2026-11-02T05:00:00Z\n")
+    buffer.name = "entities.csv"
+    response = client_for("erin").post(
+        "/api/v1/training-datasets/",
+        {"environment": "dev", "entities": buffer, "components": ["c8"]},
+        format="multipart",
+    )
+    assert response.status_code == 201, response.json()
+    return int(response.json()["id"])
+
+
+def test_a_worker_that_lost_its_claim_leaves_the_result_and_the_row_alone(
+    users,
+    dev,  # noqa: F811
+    client_for,
+    monkeypatch,
+    settings,
+    tmp_path,
+):
+    """Reaped while it lived (its heartbeats did not get through) and claimed by another worker: the first worker's
+    finished result is thrown away, not moved over the second's file, and nothing is recorded in its name."""
+    from catalog.models import AuditLogEntry
+    from provisioning import retrieval, training
+
+    settings.DATA_DIR = tmp_path  # a folder of its own: ids start again in each test's database
+    dataset_id = _request_c8(client_for)
+    written = retrieval.write_parquet_batches
+
+    def write_then_lose_the_claim(batches, path, **options):
+        rows = written(batches, path, **options)
+        TrainingDataset.objects.filter(pk=dataset_id).update(claimed_by="second-worker")
+        return rows
+
+    monkeypatch.setattr("provisioning.training.write_parquet_batches", write_then_lose_the_claim)
+    assert training_dataset_execute(dataset_id=dataset_id, worker="first-worker") == "lost-claim"
+    dataset = TrainingDataset.objects.get(pk=dataset_id)
+    assert (dataset.state, dataset.claimed_by, dataset.result_path) == ("running", "second-worker", "")
+    folder = training._directory()
+    assert not list(folder.glob(f"*training-{dataset_id}.parquet*"))
+    assert not AuditLogEntry.objects.filter(action="training_dataset.succeeded").exists()
+
+
+def test_a_failed_training_dataset_says_why_and_is_audited(users, dev, client_for, monkeypatch, settings, tmp_path):  # noqa: F811
+    from catalog.models import AuditLogEntry
+    from provisioning import training
+
+    settings.DATA_DIR = tmp_path
+    dataset_id = _request_c8(client_for)
+
+    def broken(batches, path, **options):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("provisioning.training.write_parquet_batches", broken)
+    assert training_dataset_execute(dataset_id=dataset_id, worker="t") == "failed"
+    dataset = TrainingDataset.objects.get(pk=dataset_id)
+    assert dataset.state == "failed"
+    assert dataset.error == "OSError: No space left on device"
+    assert not list(training._directory().glob(f"*training-{dataset_id}.parquet*"))
+    entry = AuditLogEntry.objects.get(action="training_dataset.failed", object_id=str(dataset_id))
+    assert entry.after["error"] == "OSError: No space left on device"
+
+
+@pytest.mark.django_db(transaction=True)  # the heartbeat thread writes on its own connection
+def test_a_training_job_longer_than_the_stale_period_is_not_reaped_while_its_worker_lives(
+    users,
+    dev,  # noqa: F811
+    client_for,
+    settings,
+    monkeypatch,
+):
+    from catalog.models import AuditLogEntry
+    from provisioning import retrieval, training
+
+    settings.FCC_RUN_STALE_SECONDS = 1
+    dataset_id = _request_c8(client_for)
+    TrainingDataset.objects.filter(pk=dataset_id).update(created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    reaped: list[list[int]] = []
+    written = retrieval.write_parquet_batches
+
+    def slow(batches, path, **options):
+        time.sleep(3)  # three stale periods inside the job
+        reaped.append(training.training_datasets_reap_stale())
+        return written(batches, path, **options)
+
+    monkeypatch.setattr("provisioning.training.write_parquet_batches", slow)
+    assert training_dataset_execute(dataset_id=dataset_id, worker="alive") == "succeeded"
+    assert reaped == [[]]
+    assert not AuditLogEntry.objects.filter(action="training_dataset.reaped").exists()

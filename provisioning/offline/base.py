@@ -111,6 +111,13 @@ class OfflineStore(ABC):
         """For each entity row (a pyarrow Table with symbol, dte, event_timestamp and labels), each feature's latest
         value at or before event_timestamp within its TTL (`provisioning.retrieval` semantics); a pyarrow Table."""
 
+    def point_in_time_batches(self, entities: Any, features: Sequence[Any], rows_per_batch: int) -> Iterator[Any]:
+        """`point_in_time` of the entity rows (a pyarrow Table) `rows_per_batch` rows at a time, in their order: a
+        caller that writes each batch out holds one batch's result, whatever the number of rows. One batch without
+        rows for no entity rows. Stores override it to read every batch through one connection or query."""
+        for start in range(0, max(entities.num_rows, 1), max(1, rows_per_batch)):
+            yield self.point_in_time(entities.slice(start, rows_per_batch), features)
+
     @abstractmethod
     def replace_partitions(
         self, table: str, dates: Sequence[dt.date], files: Sequence[str], columns: Mapping[str, str]

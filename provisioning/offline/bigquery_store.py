@@ -438,9 +438,46 @@ class BigQueryOfflineStore(OfflineStore):
         their types hold: a pandas frame would turn an integer column with nulls into FLOAT64) into a table of
         their own in the dataset, joined as of their event times, and the table is dropped. The result is the
         entity rows as given, with the features' columns from the query."""
+        from provisioning.retrieval import with_feature_columns
+
+        with (
+            self._training_query(entities, features) as rows,
+            self._translated("reading the training dataset query's result", JOB_USER),
+        ):
+            computed = rows.to_arrow()
+        return with_feature_columns(entities, computed, features)
+
+    def point_in_time_batches(self, entities: Any, features: Sequence[Any], rows_per_batch: int) -> Iterator[Any]:
+        """One query for every batch; its result is read a page at a time and cut into batches of entity rows."""
+        from provisioning.retrieval import RetrievalError, rebatched, with_feature_columns
+
+        # Pages of a batch's rows (BigQuery may cut them smaller, by bytes): a batch is a few pages at most.
+        with self._training_query(entities, features, page_size=max(1, rows_per_batch)) as rows:
+            start = 0
+            for computed in rebatched(self._pages(rows), rows_per_batch):
+                batch = entities.slice(start, computed.num_rows)
+                yield with_feature_columns(batch, computed, features, first_row=start)
+                start += computed.num_rows
+        if start != entities.num_rows:
+            raise RetrievalError(f"the query returned {start} rows for {entities.num_rows} entity rows")
+
+    def _pages(self, rows: Any) -> Iterator[Any]:
+        """The result's pages (Arrow record batches), each fetched with BigQuery's errors translated."""
+        pages = iter(rows.to_arrow_iterable())
+        while True:
+            with self._translated("reading the training dataset query's result", JOB_USER):
+                page = next(pages, None)
+            if page is None:
+                return
+            yield page
+
+    @contextmanager
+    def _training_query(self, entities: Any, features: Sequence[Any], page_size: int | None = None) -> Iterator[Any]:
+        """The training query's finished job over the entity rows' keys, loaded into a table of their own that is
+        dropped afterwards; yields the job's result rows (a RowIterator)."""
         import pyarrow.parquet as pq
 
-        from provisioning.retrieval import entity_keys, event_window, training_sql, with_feature_columns
+        from provisioning.retrieval import entity_keys, event_window, training_sql
 
         window = event_window(entities, features)
         if window is None:
@@ -471,11 +508,12 @@ class BigQueryOfflineStore(OfflineStore):
             )
             with self._translated("running the training dataset query", JOB_USER):
                 job = self.client.query(sql, retry=self.retry, timeout=self.timeout, job_retry=None)
-                result = job.result(retry=self.retry, timeout=self.settings.job_timeout_seconds).to_arrow()
+                rows = job.result(page_size=page_size, retry=self.retry, timeout=self.settings.job_timeout_seconds)
+            # Outside the translation: what the caller raises while reading is not BigQuery's.
+            yield rows
         finally:
             with self._translated("dropping the entity rows' table", DATA_EDITOR):
                 self.client.delete_table(table_id, not_found_ok=True, retry=self.retry, timeout=self.timeout)
-        return with_feature_columns(entities, result, features)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         with self._translated("running a query", JOB_USER):

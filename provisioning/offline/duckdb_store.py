@@ -311,6 +311,16 @@ class DuckDBOfflineStore(OfflineStore):
         with self.connect(read_only=True) as connection:
             return retrieve_point_in_time(entities, features, DuckDBSource(connection, self.dataset))
 
+    def point_in_time_batches(self, entities: Any, features: Sequence[Any], rows_per_batch: int) -> Iterator[Any]:
+        from provisioning.retrieval import DuckDBSource, retrieve_point_in_time
+
+        # One connection for every batch: while it is open no other process can write the file (DuckDB locks it
+        # for a writer), so every batch reads the same data.
+        with self.connect(read_only=True) as connection:
+            source = DuckDBSource(connection, self.dataset)
+            for start in range(0, max(entities.num_rows, 1), max(1, rows_per_batch)):
+                yield retrieve_point_in_time(entities.slice(start, rows_per_batch), features, source)
+
     def describe(self) -> dict[str, LiveTable]:
         if not self.path.exists():
             return {}
