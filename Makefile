@@ -67,6 +67,7 @@ bench: install
 	$(BIN)/python bench/plan_bench.py
 	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/fcc_bench} $(BIN)/python bench/feature_list_bench.py
 	$(BIN)/python bench/pit_bench.py --days $(BENCH_DAYS)
+	$(BIN)/python bench/training_bench.py --days $(BENCH_DAYS)
 	$(BIN)/python bench/backfill_bench.py --days 2
 	$(BIN)/python bench/online_bench.py
 

@@ -247,7 +247,7 @@ FCC_STEP_BACKOFF_SECONDS = float(os.environ.get("FCC_STEP_BACKOFF_SECONDS", "0.5
 # by the reaper.
 FCC_RUN_STALE_SECONDS = int(os.environ.get("FCC_RUN_STALE_SECONDS", "120"))
 # Entity rows a training dataset job computes and writes at a time: its memory is one batch's features.
-FCC_TRAINING_ROWS_PER_BATCH = int(os.environ.get("FCC_TRAINING_ROWS_PER_BATCH", "65536"))
+FCC_TRAINING_ROWS_PER_BATCH = int(os.environ.get("FCC_TRAINING_ROWS_PER_BATCH", "32768"))
 _REAPER_SECONDS = float(os.environ.get("FCC_REAPER_SECONDS", "60"))
 _ONLINE_SYNC_SECONDS = float(os.environ.get("FCC_ONLINE_SYNC_SECONDS", "60"))
 _DRIFT_SECONDS = float(os.environ.get("FCC_DRIFT_SECONDS", "900"))
