@@ -10,10 +10,14 @@ reconciled per partition.
 import datetime as dt
 import logging
 import os
+import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -28,6 +32,7 @@ from provisioning.ddl import KEY_COLUMNS
 from provisioning.dispatch import task_send_on_commit
 from provisioning.heartbeat import heartbeat
 from provisioning.models import Backfill, BackfillPartition
+from provisioning.offline.base import OfflineStore
 from provisioning.parquet_source import (
     GCS_PREFIX,
     ExpectedColumn,
@@ -84,13 +89,12 @@ def _check_source(
     # each schema is checked: each problem still names the first file where it is seen.
     columns: dict[str, frozenset[str]] = {}
     first_of_schema: dict[tuple[str, Any], tuple[SourceFile, frozenset[str]]] = {}
-    for file in files:
-        try:
-            schema = read_schema(file.path)
-        except (ValueError, FileNotFoundError) as error:
+    for file, schema in zip(files, _schemas([f.path for f in files]), strict=True):
+        if isinstance(schema, (ValueError, FileNotFoundError)):
+            # The first unreadable file in date order, as a reading one at a time would report it.
             raise BackfillSourceError(
-                str(error), problems=[Problem("source", "unreadable_source", str(error))]
-            ) from error
+                str(schema), problems=[Problem("source", "unreadable_source", str(schema))]
+            ) from schema
         seen = first_of_schema.get((file.component, schema))
         if seen is None:
             seen = first_of_schema[(file.component, schema)] = (file, frozenset(schema.names))
@@ -102,6 +106,25 @@ def _check_source(
             f"{len(problems)} problem(s) in the source files; nothing was written", problems=problems
         )
     return files, columns
+
+
+SCHEMA_READ_THREADS = 8
+
+
+def _schemas(paths: list[str]) -> list[pa.Schema | ValueError | FileNotFoundError]:
+    """Each file's schema, or why it cannot be read, in order. Footers are read on a few threads: reading one is
+    mostly waiting (on a round trip for gs:// objects), and pyarrow lets go of the GIL meanwhile."""
+
+    def one(path: str) -> pa.Schema | ValueError | FileNotFoundError:
+        try:
+            return read_schema(path)
+        except (ValueError, FileNotFoundError) as error:
+            return error
+
+    if len(paths) < 2:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(SCHEMA_READ_THREADS, len(paths)), thread_name_prefix="schema") as pool:
+        return list(pool.map(one, paths))
 
 
 def backfill_source_roots() -> list[Path]:
@@ -349,6 +372,20 @@ def _load_claimed(backfill: Backfill) -> str:
     for partition in pending:
         jobs[partition.component].append(partition)
     size = _partitions_per_job()
+    with _HeldSession(store, SESSION_HOLD_SECONDS) as held:
+        return _load_jobs(backfill, store, held, jobs, size, by_partition, columns_by_file, expected)
+
+
+def _load_jobs(
+    backfill: Backfill,
+    store: OfflineStore,
+    held: "_HeldSession",
+    jobs: dict[str, list[BackfillPartition]],
+    size: int,
+    by_partition: dict[tuple[str, dt.date], list[SourceFile]],
+    columns_by_file: dict[str, frozenset[str]],
+    expected: dict[str, dict[str, ExpectedColumn]],
+) -> str:
     for component, partitions in jobs.items():
         table = Component.objects.get(key=component).table_name
         for start in range(0, len(partitions), size):
@@ -360,11 +397,9 @@ def _load_claimed(backfill: Backfill) -> str:
             present = _columns_present(chunk_files, columns_by_file)
             columns = {name: spec.target for name, spec in expected[component].items() if name in present}
             try:
-                # One connection for the job's write and its reconciliation (opening a DuckDB file costs tens of
-                # milliseconds); the next job opens its own, so other processes get the file between jobs.
-                with store.session():
-                    written = store.replace_partitions(table, days, chunk_files, columns)
-                    target = store.partition_row_counts(table, days)
+                held.before_job()
+                written = store.replace_partitions(table, days, chunk_files, columns)
+                target = store.partition_row_counts(table, days)
             except Exception as error:  # noqa: BLE001 - recorded on the backfill for a person to act on
                 return _finish(
                     backfill,
@@ -396,6 +431,43 @@ def _load_claimed(backfill: Backfill) -> str:
                 return _finish(backfill, Backfill.State.FAILED, "row counts differ: " + "; ".join(mismatched[:20]))
     logger.info("backfill succeeded", extra={"backfill": backfill.pk})
     return _finish(backfill, Backfill.State.SUCCEEDED)
+
+
+# A store session (for DuckDB: the open file) is kept across consecutive jobs for about this long, then given up
+# and opened again for the next job.
+SESSION_HOLD_SECONDS = 1.0
+
+
+class _HeldSession:
+    """One store session for consecutive jobs, given up once held for `seconds`: small jobs share the cost of
+    opening the DuckDB file and of the checkpoint its closing writes (a fixed tens of milliseconds each), and
+    other processes, which DuckDB keeps out of a file open for writing, wait at most about `seconds` plus one
+    job before they get it."""
+
+    def __init__(self, store: OfflineStore, seconds: float) -> None:
+        self.store = store
+        self.seconds = seconds
+        self._stack: ExitStack | None = None
+        self._opened = 0.0
+
+    def __enter__(self) -> "_HeldSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def before_job(self) -> None:
+        if self._stack is not None and time.monotonic() - self._opened >= self.seconds:
+            self.close()
+        if self._stack is None:
+            stack = ExitStack()
+            stack.enter_context(self.store.session())
+            self._stack, self._opened = stack, time.monotonic()
+
+    def close(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
 
 
 def _columns_present(files: list[str], columns_by_file: dict[str, frozenset[str]]) -> set[str]:

@@ -138,6 +138,40 @@ def test_cancel_stops_between_jobs_and_leaves_whole_partitions(users, dev, clien
     assert Backfill.objects.get(pk=backfill_id).partitions_done == 1
 
 
+@pytest.mark.parametrize(("hold_seconds", "sessions"), [(60.0, 1), (0.0, 2)])
+def test_consecutive_jobs_share_the_open_file_for_a_while_then_give_it_up(
+    users, dev, client_for, tmp_path, settings, monkeypatch, hold_seconds, sessions
+):
+    """Two jobs of a partition each: within the hold time they share one session (one open and one checkpoint of
+    the DuckDB file); past it each job opens its own, so other processes get the file in between. Either way the
+    file is free once the backfill ends."""
+    import subprocess
+    import sys
+
+    from provisioning import backfill
+
+    settings.FCC_BACKFILL_PARTITIONS_PER_JOB = 1
+    monkeypatch.setattr(backfill, "SESSION_HOLD_SECONDS", hold_seconds)
+    opened: list[int] = []
+    session = DuckDBOfflineStore.session
+
+    def counted(self):
+        opened.append(1)
+        return session(self)
+
+    monkeypatch.setattr(DuckDBOfflineStore, "session", counted)
+    rows = write_source(tmp_path / "src")
+    backfill_id = request(client_for("carol"), tmp_path / "src").json()["id"]
+    assert backfill_execute(backfill_id=backfill_id, worker="t") == "succeeded"
+    assert len(opened) == sessions
+    assert table_counts(dev) == {DAYS[0]: rows // 2, DAYS[1]: rows // 2}
+    # Another process can open the file for writing: nothing of the backfill holds it.
+    store = offline_store_for(dev)
+    assert isinstance(store, DuckDBOfflineStore)
+    code = f"import duckdb; duckdb.connect({str(store.path)!r}).close()"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def test_only_reviewers_admins_and_owning_teams_start_backfills(users, dev, client_for, tmp_path):
     write_source(tmp_path / "src")
     assert request(client_for("erin"), tmp_path / "src").status_code == 403

@@ -264,6 +264,8 @@ class DuckDBOfflineStore(OfflineStore):
             )
             insert = ", ".join(f'"{ident_checked(c)}"' for c in [*(columns[s] for s in names), *retained])
             key_list = ", ".join(f'"{k}"' for k in keys)
+            # The count and the insert read the same files: their footers are parsed once.
+            connection.execute("SET parquet_metadata_cache = true")
             connection.execute("BEGIN")
             try:
                 counts = dict(
