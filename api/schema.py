@@ -3,7 +3,9 @@
 Each operation documents the errors it can give: 401 (no or a bad token) and 403 (a role that may not do it)
 everywhere, 400 where it reads input (a body or filters), 404 where it names an object (a path parameter) or
 pages a list (a page past the end), 415 where it reads a body. Operations that can conflict
-with the state they act on add 409 themselves (`responses={409: CONFLICT}`).
+with the state they act on add 409 themselves (`responses={409: CONFLICT}`). Every operation can also answer
+406 (an Accept header that excludes JSON) and 503 with a Retry-After header (the database unavailable for a
+moment: api/errors.py), which `retry_after_header` adds to the document.
 """
 
 from typing import Any
@@ -46,6 +48,24 @@ FORBIDDEN = error("The caller's role does not allow this.")
 NOT_FOUND = error("No such object, or a page past the last one.")
 CONFLICT = error("The object's state does not allow this now (the reason says what to do).")
 UNSUPPORTED_MEDIA_TYPE = error("The body is not of a media type the operation reads.")
+NOT_ACCEPTABLE = error("The Accept header excludes JSON, the only media type the API answers in.")
+UNAVAILABLE = error("The database is unavailable for a moment (restarting, failing over): retry after Retry-After.")
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+
+def retry_after_header(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: every 503 answer carries a Retry-After header."""
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            answer = operation.get("responses", {}).get("503") if isinstance(operation, dict) else None
+            if answer is not None:
+                answer["headers"] = dict(RETRY_AFTER)
+    return result
 
 
 class ConsoleAutoSchema(AutoSchema):
@@ -60,7 +80,7 @@ class ConsoleAutoSchema(AutoSchema):
         responses: dict[str, Any] = super()._get_response_bodies(direction)
         if direction != "response":
             return responses
-        errors = {"401": UNAUTHENTICATED, "403": FORBIDDEN}
+        errors = {"401": UNAUTHENTICATED, "403": FORBIDDEN, "406": NOT_ACCEPTABLE, "503": UNAVAILABLE}
         reads_body = self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer() is not None
         parameters = self._get_parameters()
         where = {parameter["in"] for parameter in parameters}

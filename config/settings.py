@@ -141,6 +141,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Catalog, change requests, approvals and provisioning for the market-regime feature store.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.retry_after_header"],
     "COMPONENT_SPLIT_REQUEST": True,
     # Swagger UI assets served by the console itself (no CDN: it works offline).
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -409,6 +409,18 @@ def test_openapi_schema_loads(reference, client_for):
     as_json = client_for("erin").get("/api/schema/", {"format": "json"})
     assert as_json.status_code == 200
     assert as_json.json()["info"]["title"] == "Feature Catalog Console API"
+    # Every operation documents the answers any request can get: 406 and 503 with Retry-After.
+    operations = [op for path in as_json.json()["paths"].values() for op in path.values()]
+    assert len(operations) > 30
+    for operation in operations:
+        assert {"401", "403", "406", "503"} <= set(operation["responses"]), operation["operationId"]
+        assert "Retry-After" in operation["responses"]["503"]["headers"]
+
+
+def test_an_accept_header_without_json_gets_the_documented_406(reference, client_for):
+    response = client_for("erin").get(f"{API}/environments/", HTTP_ACCEPT="text/csv")
+    assert response.status_code == 406
+    assert_error_body(response, 406)
 
 
 def test_interactive_docs_for_a_signed_in_user(reference, users):
