@@ -342,6 +342,18 @@ def backup_restore(*, source: Path) -> dict[str, Any]:
             live.close()
             backup.close()
 
+    # A backup made before this code's newest migrations is brought up to them before anything reads it.
+    behind = sorted(
+        f"{app}.{name}"
+        for app, names in known.items()
+        for name in names
+        if name not in manifest["database"]["migrations"].get(app, ())
+    )
+    if behind:
+        from django.core.management import call_command
+
+        call_command("migrate", interactive=False, verbosity=0)
+        logger.info("restored database migrated", extra={"migrations": behind})
     checked, problems = audit_chain_verify()
     head = _audit_head()
     if head["last_hash"] != manifest["audit"]["last_hash"]:
@@ -358,9 +370,19 @@ def backup_restore(*, source: Path) -> dict[str, Any]:
             action="catalog.restore",
             object_type="backup",
             object_id=manifest["created_at"][:64],
-            after={"created_at": manifest["created_at"], "audit_head": manifest["audit"], "counts": counts},
+            after={
+                "created_at": manifest["created_at"],
+                "audit_head": manifest["audit"],
+                "counts": counts,
+                "migrated": behind,
+            },
         )
-    summary = {"audit_entries_checked": checked, "counts": counts, "expected_counts": manifest["counts"]}
+    summary = {
+        "audit_entries_checked": checked,
+        "counts": counts,
+        "expected_counts": manifest["counts"],
+        "migrated": behind,
+    }
     logger.info("backup restored", extra={"source": str(source), **summary})
     return summary
 

@@ -107,6 +107,36 @@ def test_backup_then_loss_then_restore_gives_back_a_consistent_catalog_and_store
     assert online_store_for(dev).describe() is not None
 
 
+def test_a_backup_of_an_older_schema_is_restored_and_migrated(provisioned, tmp_path, capsys):
+    """A backup made before the newest migration (here: the training jobs' heartbeat) is restored, brought up
+    to this code's migrations, and reads and verifies as before."""
+    from django.db.migrations.recorder import MigrationRecorder
+
+    from provisioning.models import TrainingDataset
+
+    call_command("migrate", "provisioning", "0004", verbosity=0)
+    try:
+        out = tmp_path / "backup"
+        call_command("backup", out=out)
+    finally:
+        call_command("migrate", verbosity=0)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "0005_training_heartbeat" not in manifest["database"]["migrations"]["provisioning"]
+    _destroy_database()
+    call_command("restore", source=out, yes=True)
+    output = capsys.readouterr().out
+    assert "migrated to this code's schema: provisioning.0005_training_heartbeat" in output
+    assert "drift dev: consistent" in output
+    applied = MigrationRecorder(connection).migration_qs.filter(app="provisioning").values_list("name", flat=True)
+    assert "0005_training_heartbeat" in set(applied)
+    assert TrainingDataset.objects.filter(heartbeat_at__isnull=True).count() == 0  # the new column reads
+    assert Feature.objects.count() == manifest["counts"]["features"]
+    restore = AuditLogEntry.objects.order_by("-id").first()
+    assert restore.action == "catalog.restore"
+    assert restore.after["migrated"] == ["provisioning.0005_training_heartbeat"]
+    assert audit_chain_verify()[1] == []
+
+
 def test_a_damaged_backup_is_refused_before_anything_is_touched(provisioned, tmp_path):
     out = tmp_path / "backup"
     call_command("backup", out=out)

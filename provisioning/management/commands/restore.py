@@ -30,6 +30,8 @@ class Command(BaseCommand):
             summary = backup_restore(source=options["source"])
         except ApplicationError as error:
             raise CommandError(error.message) from error
+        if summary["migrated"]:
+            self.stdout.write(f"migrated to this code's schema: {', '.join(summary['migrated'])}")
         self.stdout.write(f"audit chain intact: {summary['audit_entries_checked']} entries, head as in the backup")
         for key, expected in sorted(summary["expected_counts"].items()):
             self.stdout.write(f"{key}: {summary['counts'][key]} (backup: {expected})")
