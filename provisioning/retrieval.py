@@ -23,7 +23,6 @@ once and reused while the keys are the same rows, and the result's 8 bytes a cel
 import datetime as dt
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -887,21 +886,6 @@ def read_entity_file(path: str | Path) -> Any:
             raise RetrievalError(f"{path.name}: {error}") from error
         return table
     return pq.read_table(path)
-
-
-def write_parquet(table: Any, path: str | Path, *, row_group_size: int = 65_536) -> int:
-    """Writes the table as snappy Parquet, atomically (a reader never sees half a file); returns its bytes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        pq.write_table(table, temporary, compression="snappy", row_group_size=row_group_size)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path.stat().st_size
 
 
 def write_parquet_batches(batches: Iterable[Any], path: str | Path, *, row_group_size: int = 65_536) -> int:

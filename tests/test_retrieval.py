@@ -37,7 +37,7 @@ from provisioning.retrieval import (
     rebatched,
     retrieve_point_in_time,
     training_sql,
-    write_parquet,
+    write_parquet_batches,
 )
 from provisioning.sample_data import (
     HOLIDAYS,
@@ -558,11 +558,19 @@ def test_entity_files_and_result_files(entities: pa.Table, tables: dict[str, pa.
         dt.datetime(2025, 8, 13, 6, 30, 10, 500000, tzinfo=dt.UTC),
     ]
     result = retrieve_point_in_time(entities, FEATURES, ArrowSource(tables))
-    size = write_parquet(result, tmp_path / "out" / "training.parquet")
-    assert size == (tmp_path / "out" / "training.parquet").stat().st_size
-    assert pq.read_table(tmp_path / "out" / "training.parquet").equals(result)
-    assert read_entity_file(tmp_path / "out" / "training.parquet").equals(result)
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["training.parquet"]
+    out = tmp_path / "training.parquet"
+    # Batches in order, one row group each; a later batch whose column has another type (a batch of nulls typed
+    # by the catalog) is written in the first batch's types.
+    [integer] = [f.name for f in FEATURES if result[f.name].type == pa.int64()][:1]
+    narrowed = result.slice(100).set_column(
+        result.column_names.index(integer), integer, result.slice(100)[integer].cast(pa.int32())
+    )
+    assert write_parquet_batches([result.slice(0, 100), narrowed], out, row_group_size=1_000_000) == result.num_rows
+    assert pq.ParquetFile(out).metadata.num_row_groups == 2
+    assert pq.read_table(out).equals(result)
+    assert read_entity_file(out).equals(result)
+    with pytest.raises(RetrievalError, match="no result"):
+        write_parquet_batches([], tmp_path / "empty.parquet")
 
 
 def test_feature_refs_from_specs_cover_the_catalog() -> None:
