@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from api.schema import CONFLICT, ID_PATTERN
-from catalog.errors import Conflict
+from catalog.errors import Conflict, NotFound
 from catalog.models import Environment
 from provisioning.models import TrainingDataset
 from provisioning.training import training_dataset_request
@@ -69,8 +69,14 @@ class TrainingDatasetViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelView
         dataset = self.get_object()
         if dataset.state != TrainingDataset.State.SUCCEEDED:
             raise Conflict(f"training dataset {dataset.pk} is {dataset.state}; its result is not ready")
+        try:
+            result = open(dataset.result_path, "rb")  # noqa: SIM115 - FileResponse closes it
+        except FileNotFoundError:
+            raise NotFound(
+                f"training dataset {dataset.pk}'s result file is missing on the server; request the dataset again"
+            ) from None
         return FileResponse(
-            open(dataset.result_path, "rb"),
+            result,
             as_attachment=True,
             filename=f"training-dataset-{dataset.pk}.parquet",
             content_type="application/vnd.apache.parquet",

@@ -15,7 +15,14 @@ from django.urls import reverse
 from catalog import rules
 from catalog.models import AuditLogEntry, ChangeRequest, Component, Environment, Feature, Team
 from provisioning.desired import ONLINE_VIEW_NAME as ONLINE_VIEW_NAME
-from provisioning.models import Backfill, DriftReport, OnlineSyncState, ProvisioningRun, ProvisioningStep
+from provisioning.models import (
+    Backfill,
+    DriftReport,
+    OnlineSyncState,
+    ProvisioningRun,
+    ProvisioningStep,
+    TrainingDataset,
+)
 
 DEFAULT_ENVIRONMENT = "dev"
 TRAINING_VIEW = "training_dataset"
@@ -372,6 +379,22 @@ def backfill_get(pk: int) -> Backfill:
     if backfill is None:
         raise Http404(f"backfill {pk} does not exist")
     return backfill
+
+
+def training_datasets(environment: Environment | None, state: str = "") -> QuerySet[TrainingDataset]:
+    queryset = TrainingDataset.objects.select_related("environment", "requested_by")
+    if environment is not None:
+        queryset = queryset.filter(environment=environment)
+    if state:
+        queryset = queryset.filter(state=state)
+    return queryset.order_by("-id")
+
+
+def training_dataset_get(pk: int) -> TrainingDataset:
+    dataset = TrainingDataset.objects.select_related("environment", "requested_by").filter(pk=pk).first()
+    if dataset is None:
+        raise Http404(f"training dataset {pk} does not exist")
+    return dataset
 
 
 def drift_latest(environment: Environment) -> DriftReport | None:

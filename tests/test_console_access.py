@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from catalog.models import Approval, AuditLogEntry, ChangeRequest, Environment
-from provisioning.models import Backfill, DriftReport, ProvisioningRun
+from provisioning.models import Backfill, DriftReport, ProvisioningRun, TrainingDataset
 from tests.test_api import API, PERSONAS, WRITES, _write, world  # noqa: F401 - world is a fixture
 from tests.test_backfill import write_source
 
@@ -24,7 +25,8 @@ REFUSALS = "refusals"
 @pytest.fixture
 def site(world, users, isolated_stores, tmp_path, monkeypatch) -> dict[str, Any]:  # noqa: F811
     """test_api's world (c1 in dev, a proposed and an applied change request), plus a failed run, a pending
-    backfill requested by alice and Parquet files for c1 that pass the backfill's checks."""
+    backfill requested by alice, Parquet files for c1 that pass the backfill's checks, and two training datasets
+    requested by alice: one queued, one succeeded with its result file."""
     from workers import tasks
 
     monkeypatch.setattr(tasks.provisioning_run_execute, "delay", lambda *a, **k: None)
@@ -37,7 +39,29 @@ def site(world, users, isolated_stores, tmp_path, monkeypatch) -> dict[str, Any]
     )
     source = tmp_path / "parquet"
     write_source(source, component="c1", days=[dt.date(2026, 11, 23)], assets=("NIFTY",))
-    return {**world, "failed_run": failed.pk, "backfill": backfill.pk, "source": str(source)}
+    queued = TrainingDataset.objects.create(
+        environment=dev, requested_by=users["alice"], entity_file=str(tmp_path / "entities.csv"), entity_rows=1
+    )
+    result = tmp_path / "training-result.parquet"
+    result.write_bytes(b"PAR1 stands in for a result PAR1")
+    succeeded = TrainingDataset.objects.create(
+        environment=dev,
+        requested_by=users["alice"],
+        entity_file=str(tmp_path / "entities.csv"),
+        entity_rows=1,
+        state=TrainingDataset.State.SUCCEEDED,
+        result_path=str(result),
+        result_rows=1,
+        result_bytes=result.stat().st_size,
+    )
+    return {
+        **world,
+        "failed_run": failed.pk,
+        "backfill": backfill.pk,
+        "source": str(source),
+        "training_dataset": queued.pk,
+        "training_result": succeeded.pk,
+    }
 
 
 def client_as(users: dict[str, Any], persona: str | None, *, csrf: bool = False) -> Client:
@@ -75,6 +99,11 @@ PAGES = [
     "/backfills/",
     "/backfills/{backfill}/",
     "/backfills/{backfill}/progress/",
+    "/training-datasets/",
+    "/training-datasets/{training_dataset}/",
+    "/training-datasets/{training_dataset}/progress/",
+    "/training-datasets/{training_result}/",
+    "/training-datasets/{training_result}/progress/",
     "/lineage/",
     "/costs/",
     "/drift/",
@@ -92,8 +121,24 @@ def test_every_page_needs_a_sign_in_and_is_readable_by_every_persona(site, users
     assert AuditLogEntry.objects.count() == before
     for persona in PERSONAS[1:]:
         response = client_as(users, persona).get(url)
-        # 286: a finished run's or backfill's progress fragment tells htmx to stop polling.
+        # 286: a finished run's, backfill's or training dataset's progress fragment tells htmx to stop polling.
         assert response.status_code in (200, 286), (persona, url, response.status_code)
+
+
+# Files sent as downloads: pages too, but their body is the file (no forms in it to check).
+DOWNLOADS = ["/training-datasets/{training_result}/result/"]
+
+
+@pytest.mark.parametrize("download", DOWNLOADS)
+def test_every_download_needs_a_sign_in_and_is_readable_by_every_persona(site, users, download):
+    url = download.format(**site)
+    anonymous = Client().get(url)
+    assert anonymous.status_code == 302
+    assert anonymous["Location"].startswith("/accounts/login/?next=")
+    for persona in PERSONAS[1:]:
+        response = client_as(users, persona).get(url)
+        assert response.status_code == 200, (persona, url, response.status_code)
+        assert response.getvalue() == b"PAR1 stands in for a result PAR1"
 
 
 # --- Actions (POST) -------------------------------------------------------------------------------------------------
@@ -116,6 +161,9 @@ def _action(name: str, site: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return f"/runs/{site['failed_run']}/retry/", {}
     if name == "drift_run":
         return "/drift/dev/run/", {}
+    if name == "training_dataset_request":
+        entities = SimpleUploadedFile("entities.csv", b"symbol,dte,event_timestamp\nNIFTY,3,2026-11-23T04:00:17Z\n")
+        return "/training-datasets/request/", {"environment": "dev", "entities": entities, "components": ["c1"]}
     raise AssertionError(name)
 
 
@@ -137,6 +185,9 @@ def _effect(name: str, site: dict[str, Any], persona: str) -> bool:
         return ProvisioningRun.objects.get(pk=site["failed_run"]).state == "queued"
     if name == "drift_run":
         return DriftReport.objects.filter(environment__name="dev").exists()
+    if name == "training_dataset_request":
+        # Read from the audit trail: the site's own datasets were requested by alice without one.
+        return AuditLogEntry.objects.filter(action="training_dataset.request", actor_name=persona).exists()
     raise AssertionError(name)
 
 
@@ -150,6 +201,8 @@ PAGE_ACTIONS = {
     "backfill_cancel": (None, 403, 403, 302, 403, 302, 302, 403),
     "run_retry": (None, 403, 403, 302, 403, 403, 302, 403),
     "drift_run": (None, 302, 302, 302, 302, 302, 302, 302),
+    # As the API: any signed-in user may request a training dataset.
+    "training_dataset_request": (None, 302, 302, 302, 302, 302, 302, 302),
 }
 PAGE_MATRIX = [
     pytest.param(action, persona, status, id=f"{action}-{persona or 'anonymous'}")
@@ -257,7 +310,17 @@ def test_the_api_audits_a_refusal_no_service_audited(site, client_for, monkeypat
 
 # --- CSRF ------------------------------------------------------------------------------------------------------------
 
-FORMS = ["approve", "reject", "replan", "promote", "backfill_start", "backfill_cancel", "run_retry", "drift_run"]
+FORMS = [
+    "approve",
+    "reject",
+    "replan",
+    "promote",
+    "backfill_start",
+    "backfill_cancel",
+    "run_retry",
+    "drift_run",
+    "training_dataset_request",
+]
 
 
 @pytest.mark.parametrize("action", FORMS)

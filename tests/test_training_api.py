@@ -113,6 +113,11 @@ def test_a_training_dataset_through_the_api_matches_merge_asof(
         assert got.isna().tolist() == want.isna().tolist(), name
         assert got[got.notna()].tolist() == want[want.notna()].tolist(), name
     assert result["label"].tolist() == entities["label"].tolist()
+    # The result file lost on the server: a 404 that says so, not a 500.
+    Path(TrainingDataset.objects.get(pk=dataset_id).result_path).unlink()
+    missing = client_for("erin").get(f"/api/v1/training-datasets/{dataset_id}/result/")
+    assert missing.status_code == 404
+    assert "result file is missing" in missing.json()["message"]
     # Within the TTL: the first row finds the day before's last value; the next year and FINNIFTY find nothing.
     assert result[features[0][0]].notna().tolist() == [True, True, True, True, False, False]
 

@@ -32,6 +32,13 @@ from catalog.views.provisioning import (
     run_progress,
     run_retry,
 )
+from catalog.views.training import (
+    training_dataset_detail,
+    training_dataset_list,
+    training_dataset_progress,
+    training_dataset_request,
+    training_dataset_result,
+)
 
 __all__ = [
     "backfill_cancel",
@@ -61,4 +68,9 @@ __all__ = [
     "run_retry",
     "team_detail",
     "team_list",
+    "training_dataset_detail",
+    "training_dataset_list",
+    "training_dataset_progress",
+    "training_dataset_request",
+    "training_dataset_result",
 ]

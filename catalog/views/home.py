@@ -1,4 +1,5 @@
-"""Home: one environment at a glance (pending change requests, runs, backfills, drift, online store)."""
+"""Home: one environment at a glance (pending change requests, runs, backfills, training datasets, drift, online
+store)."""
 
 from django.contrib.auth.decorators import login_required
 from django.db import connection
@@ -7,7 +8,9 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from catalog import selectors
+from catalog.selectors import training_datasets
 from catalog.views.common import environments
+from catalog.views.training import training_rows
 from provisioning.backfill import backfill_progress
 
 
@@ -28,5 +31,6 @@ def home(request: HttpRequest) -> HttpResponse:
         "environments": environments(),
         "summary": summary,
         "backfill_rows": [(b, backfill_progress(b)) for b in summary["backfills"]],
+        "training_rows": training_rows(training_datasets(environment)[:5]),
     }
     return render(request, "console/home.html", context)

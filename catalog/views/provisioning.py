@@ -30,7 +30,7 @@ HTMX_STOP_POLLING = 286
 LIVE_BACKFILL = (Backfill.State.PENDING, Backfill.State.RUNNING)
 
 
-def _env_or_all(request: HttpRequest) -> Environment | None:
+def env_or_all(request: HttpRequest) -> Environment | None:
     name = request.GET.get("env", "")
     return selectors.environment_pick(name) if name else None
 
@@ -38,7 +38,7 @@ def _env_or_all(request: HttpRequest) -> Environment | None:
 @login_required
 @require_GET
 def run_list(request: HttpRequest) -> HttpResponse:
-    environment = _env_or_all(request)
+    environment = env_or_all(request)
     state = request.GET.get("state", "")
     state = state if state in ProvisioningRun.State.values else ""
     context = {
@@ -109,7 +109,7 @@ def _may_cancel(user: Any, backfill: Backfill) -> bool:
 @login_required
 @require_GET
 def backfill_list(request: HttpRequest) -> HttpResponse:
-    environment = _env_or_all(request)
+    environment = env_or_all(request)
     state = request.GET.get("state", "")
     state = state if state in Backfill.State.values else ""
     allowed, reason = _may_request_backfill(request.user)
