@@ -140,12 +140,8 @@ def test_bad_training_requests_name_the_field(users, dev, client_for):  # noqa: 
     assert TrainingDataset.objects.count() == 0
 
 
-def test_a_training_dataset_whose_worker_died_is_reaped_and_rerun(users, dev, client_for, tmp_path, settings):  # noqa: F811
-    """A job left running by a dead worker goes back to the queue (audited) and a second run finishes it."""
-    from catalog.models import AuditLogEntry
-    from provisioning.training import training_datasets_reap_stale
-
-    buffer = io.BytesIO(b"symbol,dte,event_timestamp\nNIFTY,3,2026-11-02T04:00:00Z\n")
+def _request_c8(client_for) -> int:
+    buffer = io.BytesIO(b"symbol,dte,event_timestamp\nNIFTY,3,2026-11-02T04:00:00Z\nNIFTY,3,2026-11-02T05:00:00Z\n")
     buffer.name = "entities.csv"
     response = client_for("erin").post(
         "/api/v1/training-datasets/",
@@ -153,7 +149,15 @@ def test_a_training_dataset_whose_worker_died_is_reaped_and_rerun(users, dev, cl
         format="multipart",
     )
     assert response.status_code == 201, response.json()
-    dataset_id = response.json()["id"]
+    return int(response.json()["id"])
+
+
+def test_a_training_dataset_whose_worker_died_is_reaped_and_rerun(users, dev, client_for, tmp_path, settings):  # noqa: F811
+    """A job left running by a dead worker goes back to the queue (audited) and a second run finishes it."""
+    from catalog.models import AuditLogEntry
+    from provisioning.training import training_datasets_reap_stale
+
+    dataset_id = _request_c8(client_for)
     # Claimed by a worker that then died: its row says running, nothing will finish it.
     TrainingDataset.objects.filter(pk=dataset_id).update(
         state="running", claimed_by="dead:1", started_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -165,18 +169,6 @@ def test_a_training_dataset_whose_worker_died_is_reaped_and_rerun(users, dev, cl
     assert training_dataset_execute(dataset_id=dataset_id, worker="t") == "succeeded"
     settings.FCC_RUN_STALE_SECONDS = 0
     assert training_datasets_reap_stale() == []  # finished: nothing to send
-
-
-def _request_c8(client_for) -> int:
-    buffer = io.BytesIO(b"symbol,dte,event_timestamp\nNIFTY,3,2026-11-02T04:00:00Z\nNIFTY,3,2026-11-02T05:00:00Z\n")
-    buffer.name = "entities.csv"
-    response = client_for("erin").post(
-        "/api/v1/training-datasets/",
-        {"environment": "dev", "entities": buffer, "components": ["c8"]},
-        format="multipart",
-    )
-    assert response.status_code == 201, response.json()
-    return int(response.json()["id"])
 
 
 def test_a_worker_that_lost_its_claim_leaves_the_result_and_the_row_alone(
