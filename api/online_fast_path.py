@@ -4,13 +4,15 @@ Django's middleware and DRF's dispatch cost four times the read itself (issue 4:
 under 10 ms). `OnlineReadFastPath` answers the common request alone: a valid `Authorization: Token ...`, a JSON
 body in the shape `plain_read` takes, an existing environment, every feature online. Anything else, and any
 error on the way, goes to the unchanged Django application with the body it sent (so errors, the `entities` form,
-bad tokens, session calls, a database outage's 503 keep their responses, audit and logs). What it answers is what
+bad tokens and session calls keep their responses, audit and logs) — except a database outage, whose 503 it
+answers itself, as Django would, rather than make Django wait for the database a second time. What it answers is what
 Django answers: the same checks (ApiTokenAuthentication itself, the row caches), DRF's parser, the same body
 byte for byte and the headers Django's middleware and DRF add, taken from them once. tests/test_online_fast_path.py
 compares both paths.
 """
 
 import io
+import json
 import logging
 import sys
 import uuid
@@ -28,6 +30,7 @@ from django.http import HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.urls import resolve
+from django.utils.log import log_response
 from rest_framework.exceptions import APIException
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
@@ -35,6 +38,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 
 from api.authentication import ApiTokenAuthentication
+from api.errors import RETRY_AFTER_SECONDS, database_unavailable, database_unavailable_response
 from api.views_online import OnlineFeaturesView, environments, plain_read
 from config.logging import request_id_var
 from provisioning.online_read import OnlineReadError, OnlineRow, online_features_read, online_rows_as_dicts
@@ -160,10 +164,18 @@ class OnlineReadFastPath:
         # As Django's handler: the database connections are checked (and an outage's broken one closed) around
         # each request.
         request_started.send(sender=WSGIHandler, environ=environ)
+        status = "200 OK"
+        extra: list[tuple[str, str]] = []
         try:
             answer = self._read(request, body)
-        except DatabaseError:  # an outage: Django's path answers its 503
-            answer = None
+        except DatabaseError as error:
+            if not database_unavailable(error):
+                answer = None  # not an outage: Django's path answers it as it always has
+            else:
+                # An outage answered here, as Django's path answers it: asking Django would first wait for the
+                # database a second time (a host that does not answer costs a whole connect timeout again).
+                status, extra = "503 Service Unavailable", [("Retry-After", str(RETRY_AFTER_SECONDS))]
+                answer = self._unavailable(request, error)
         except Exception:  # whatever else failed, Django's path answers it as it always has; logged, a bug here
             logger.exception("online read fast path failed; Django answers the request")
             answer = None
@@ -174,8 +186,19 @@ class OnlineReadFastPath:
             # One id for the request, whichever path answers it.
             environ["HTTP_X_REQUEST_ID"] = request_id
             return None
-        headers = [*self._fixed_headers(request), ("Content-Length", str(len(answer))), ("X-Request-ID", request_id)]
-        return "200 OK", headers, answer
+        headers = [
+            *self._fixed_headers(request),
+            *extra,
+            ("Content-Length", str(len(answer))),
+            ("X-Request-ID", request_id),
+        ]
+        return status, headers, answer
+
+    def _unavailable(self, request: WSGIRequest, error: DatabaseError) -> bytes:
+        """The 503's body, logged as Django's path logs it (the outage, then the 5xx response)."""
+        response = database_unavailable_response(request, error)
+        log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
+        return bytes(JSONRenderer().render(json.loads(response.content)))
 
     def _read(self, request: WSGIRequest, body: bytes) -> bytes | None:
         try:
