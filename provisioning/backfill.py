@@ -30,6 +30,7 @@ from catalog.models import Component, Environment, Feature
 from provisioning.backends import offline_store_for
 from provisioning.ddl import KEY_COLUMNS
 from provisioning.dispatch import task_send_on_commit
+from provisioning.errors import StoreError
 from provisioning.heartbeat import heartbeat
 from provisioning.models import Backfill, BackfillPartition
 from provisioning.offline.base import OfflineStore
@@ -41,6 +42,7 @@ from provisioning.parquet_source import (
     schema_problems,
     source_files,
 )
+from provisioning.retries import store_call_with_retries
 
 logger = logging.getLogger(__name__)
 BIGQUERY_PARTITIONS_PER_JOB = 4000
@@ -396,16 +398,18 @@ def _load_jobs(
             chunk_files = sorted({f.path for p in chunk for f in by_partition[(component, p.partition_date)]})
             present = _columns_present(chunk_files, columns_by_file)
             columns = {name: spec.target for name, spec in expected[component].items() if name in present}
-            try:
+
+            def job() -> tuple[dict[dt.date, int], dict[dt.date, int]]:
                 held.before_job()
-                written = store.replace_partitions(table, days, chunk_files, columns)
-                target = store.partition_row_counts(table, days)
-            except Exception as error:  # noqa: BLE001 - recorded on the backfill for a person to act on
-                return _finish(
-                    backfill,
-                    Backfill.State.FAILED,
-                    f"{component} {days[0]}..{days[-1]}: {type(error).__name__}: {error}",
-                )
+                written = store.replace_partitions(table, days, chunk_files, columns)  # noqa: B023 - called at once
+                return written, store.partition_row_counts(table, days)  # noqa: B023
+
+            try:
+                # A job replaces whole partitions, so a transient failure (the DuckDB file held by a training job
+                # for longer than the lock wait, a BigQuery 5xx) is tried again; anything else fails the backfill.
+                written, target = store_call_with_retries(job)
+            except StoreError as error:
+                return _finish(backfill, Backfill.State.FAILED, f"{component} {days[0]}..{days[-1]}: {error}")
             mismatched = []
             for partition in chunk:
                 day = partition.partition_date

@@ -6,12 +6,9 @@ to a bound; anything else fails the run with a message a person can act on.
 """
 
 import logging
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import duckdb
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
@@ -23,11 +20,12 @@ from provisioning import desired
 from provisioning.backends import offline_store_for, online_store_for
 from provisioning.backfill import backfill_enqueue
 from provisioning.ddl import VIEW_NAME, Column, TableSpec
-from provisioning.errors import PermanentStoreError, StoreError, TransientStoreError
+from provisioning.errors import PermanentStoreError, StoreError
 from provisioning.heartbeat import heartbeat
 from provisioning.models import Backfill, ProvisioningRun, ProvisioningStep
 from provisioning.offline.base import StepOutcome
 from provisioning.preflight import preflight
+from provisioning.retries import store_call_with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -153,34 +151,6 @@ def _with_ahead(ahead: StepOutcome, outcome: StepOutcome) -> StepOutcome:
     )
 
 
-def _classify(error: Exception) -> StoreError:
-    if isinstance(error, StoreError):
-        return error
-    if isinstance(error, duckdb.IOException) and "lock" in str(error).lower():
-        return TransientStoreError(f"the DuckDB file is locked by another process: {error}")
-    if isinstance(error, TimeoutError | ConnectionError):
-        return TransientStoreError(str(error))
-    return PermanentStoreError(f"{type(error).__name__}: {error}")
-
-
-def _with_retries(call: Callable[[], StepOutcome], on_attempt: Callable[[], None]) -> StepOutcome:
-    attempts = int(settings.FCC_STEP_MAX_ATTEMPTS)
-    delay = float(settings.FCC_STEP_BACKOFF_SECONDS)
-    for attempt in range(1, attempts + 1):
-        on_attempt()
-        try:
-            return call()
-        except Exception as raw:
-            error = _classify(raw)
-            if not error.transient or attempt == attempts:
-                if error.transient:
-                    raise PermanentStoreError(f"gave up after {attempts} attempts: {error}") from raw
-                raise error from raw
-            logger.warning("transient store error, retrying", extra={"attempt": attempt, "error": str(error)})
-            time.sleep(delay * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
-
-
 def _set_change_request_state(run: ProvisioningRun, state: str, reason: str = "") -> None:
     if run.change_request_id is None:
         return
@@ -234,7 +204,7 @@ def _execute_steps(run: ProvisioningRun, context: RunContext) -> bool:
             return _execute_step(run, context, step)
 
         try:
-            outcome = _with_retries(call, attempt)
+            outcome = store_call_with_retries(call, attempt)
         except StoreError as error:
             message = f"step {step_row.index} ({step_row.kind} {step_row.target}) failed: {error}"
             step_row.status = ProvisioningStep.Status.FAILED

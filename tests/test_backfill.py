@@ -172,6 +172,41 @@ def test_consecutive_jobs_share_the_open_file_for_a_while_then_give_it_up(
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+@pytest.mark.parametrize(("attempts", "outcome"), [(5, "succeeded"), (1, "failed")])
+def test_a_job_that_finds_the_file_held_by_another_process_is_tried_again(
+    users, dev, client_for, tmp_path, settings, monkeypatch, attempts, outcome
+):
+    """Another process (a training job) reads the DuckDB file for two seconds, longer than the lock wait: the job
+    is tried again after a backoff and loads once the file is free; with no attempt left the backfill fails and
+    says why."""
+    import subprocess
+    import sys
+
+    from provisioning.offline import duckdb_store
+
+    monkeypatch.setattr(duckdb_store, "LOCK_WAIT_SECONDS", 0.3)
+    settings.FCC_STEP_MAX_ATTEMPTS = attempts
+    settings.FCC_STEP_BACKOFF_SECONDS = 0.5
+    rows = write_source(tmp_path / "src")
+    backfill_id = request(client_for("carol"), tmp_path / "src").json()["id"]
+    store = offline_store_for(dev)
+    assert isinstance(store, DuckDBOfflineStore)
+    code = (
+        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); print('held', flush=True); "
+        "time.sleep(2)"
+    )
+    with subprocess.Popen([sys.executable, "-c", code, str(store.path)], stdout=subprocess.PIPE, text=True) as reader:
+        assert reader.stdout is not None
+        assert reader.stdout.readline().strip() == "held"
+        assert backfill_execute(backfill_id=backfill_id, worker="t") == outcome
+    backfill = Backfill.objects.get(pk=backfill_id)
+    if outcome == "succeeded":
+        assert table_counts(dev) == {DAYS[0]: rows // 2, DAYS[1]: rows // 2}
+    else:
+        assert "gave up after 1 attempts: the DuckDB file is locked by another process" in backfill.error
+        assert table_counts(dev) == {}
+
+
 def test_only_reviewers_admins_and_owning_teams_start_backfills(users, dev, client_for, tmp_path):
     write_source(tmp_path / "src")
     assert request(client_for("erin"), tmp_path / "src").status_code == 403
