@@ -174,10 +174,15 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 else:
     # A task not acknowledged within the visibility timeout is delivered again (acks_late, see workers/); a
     # second delivery of a task still running does nothing (its claim is a compare-and-set). A message a worker
-    # had received when the broker went away is delivered again after this timeout. The socket options make a
-    # dead broker connection noticed in seconds, not when the kernel gives up on it.
+    # had received when the broker went away is delivered again after this timeout: workers look for such
+    # messages every 10 s (kombu's default is every tenth 10 s tick, so up to 100 s more), and a worker killed
+    # while it looked holds the lock on looking for a minute, not five. The socket options make a dead broker
+    # connection noticed in seconds, not when the kernel gives up on it.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": int(os.environ.get("FCC_BROKER_VISIBILITY_TIMEOUT", "300")),
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 60,
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "health_check_interval": 10,

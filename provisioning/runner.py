@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from catalog.audit import audit_log_write
@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 class RunNotReady(Exception):
-    """An earlier run of the same environment has not finished; this one must wait its turn."""
+    """An earlier run of the same environment has not finished; this one must wait its turn (the earlier run
+    hands the turn on when it ends: run_in_turn)."""
 
 
 def _target(step: dict[str, Any]) -> str:
@@ -262,6 +263,13 @@ def run_execute(*, run_id: int, worker: str) -> str:
     return ProvisioningRun.State.SUCCEEDED
 
 
+def run_in_turn(environment_id: int) -> int | None:
+    """The queued run of the environment whose turn comes next (the lowest revision), to be sent when a run of
+    the environment ends: a run that found an earlier one unfinished was not kept waiting in the broker."""
+    queued = ProvisioningRun.objects.filter(environment_id=environment_id, state=ProvisioningRun.State.QUEUED)
+    return queued.order_by("revision", "pk").values_list("pk", flat=True).first()
+
+
 def _finish(run: ProvisioningRun, state: str, error: str) -> None:
     with transaction.atomic():
         ProvisioningRun.objects.filter(pk=run.pk).update(state=state, error=error, finished_at=timezone.now())
@@ -302,8 +310,16 @@ def runs_reap_stale() -> list[int]:
     # A queued run whose task message was lost (a broker restart without persistence) is sent again; the
     # claim's compare-and-set makes a duplicate delivery harmless. A run reaped just now (its heartbeat is the
     # reaping time) was sent above: it is sent again only if it is still unclaimed a stale period later.
+    # Only a run whose turn it is: a later one is sent when the one before it ends (run_in_turn).
     unsent = Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=cutoff)
-    waiting = ProvisioningRun.objects.filter(unsent, state=ProvisioningRun.State.QUEUED, created_at__lt=cutoff)
+    earlier = ProvisioningRun.objects.filter(
+        environment=OuterRef("environment"),
+        revision__lt=OuterRef("revision"),
+        state__in=[ProvisioningRun.State.QUEUED, ProvisioningRun.State.RUNNING],
+    )
+    waiting = ProvisioningRun.objects.filter(
+        unsent, ~Exists(earlier), state=ProvisioningRun.State.QUEUED, created_at__lt=cutoff
+    )
     freed.extend(pk for pk in waiting.values_list("pk", flat=True) if pk not in freed)
     return freed
 

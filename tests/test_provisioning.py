@@ -2,6 +2,7 @@
 
 import datetime as dt
 import time
+from typing import Any
 
 import duckdb
 import pytest
@@ -303,6 +304,37 @@ def test_runs_of_one_environment_apply_in_revision_order(users, loaded, dev, spe
     _cr, second = _change(users, specs, lambda c1: c1["features"].append(_new_feature("premium_order")))
     with pytest.raises(runner.RunNotReady):
         runner.run_execute(run_id=second.pk, worker="test")
+
+
+def test_a_run_that_waits_its_turn_is_sent_by_the_run_before_it(users, loaded, dev, specs, monkeypatch):
+    """The task of a run whose earlier run is unfinished ends without a message of its own (none waits in the
+    broker, where a restart could lose it); the earlier run's task sends it when it ends, and the reaper sends
+    only a run whose turn it is."""
+    from provisioning import dispatch
+    from workers import tasks
+
+    sent: list[tuple[int, Any]] = []
+
+    def send(task, job_id, *, job, retry_policy=None):
+        sent.append((job_id, retry_policy))
+        return True
+
+    monkeypatch.setattr(dispatch, "task_send", send)
+    first = ProvisioningRun.objects.get(environment=dev, revision=1)
+    _cr, second = _change(users, specs, lambda c1: c1["features"].append(_new_feature("premium_order")))
+    tasks.provisioning_run_execute.run(second.pk)
+    assert ProvisioningRun.objects.get(pk=second.pk).state == "queued"
+    assert sent == []
+    an_hour_ago = timezone.now() - dt.timedelta(hours=1)
+    ProvisioningRun.objects.filter(pk__in=[first.pk, second.pk]).update(created_at=an_hour_ago)
+    assert runner.runs_reap_stale() == [first.pk]  # the second one's turn has not come
+    tasks.provisioning_run_execute.run(first.pk)
+    assert ProvisioningRun.objects.get(pk=first.pk).state == "succeeded"
+    assert sent == [(second.pk, dispatch.WORKER_PUBLISH_RETRY_POLICY)]
+    assert runner.runs_reap_stale() == [second.pk]
+    tasks.provisioning_run_execute.run(second.pk)
+    assert ProvisioningRun.objects.get(pk=second.pk).state == "succeeded"
+    assert sent[1:] == []  # the last run of the environment hands nothing on
 
 
 def _new_feature(name):

@@ -190,19 +190,26 @@ def test_ten_sigkills_during_a_run_and_backfills_converge_exactly_once(isolated_
     workers = Workers(env, log)
     workers.start()
     kills: list[str] = []
-    run_kills = 0
+    run_kills: dict[int, int] = {}
     backfill_kills: dict[int, int] = {}
     try:
-        catalog_load(specs_dir=Path(settings.FCC_SPECS_DIR), environment_names=["dev"])
-        dev = Environment.objects.get(name="dev")
-        run = ProvisioningRun.objects.get(environment=dev, revision=1)
-        while run_kills < KILLS // 2:
-            where = _kill_cycle(workers, rng, ProvisioningRun, run, _run_progress, len(run.plan["steps"]) + 1, log)
-            if where is None:
+        # Half the kills go to bootstrap runs. A run is quick (its steps take milliseconds on the embedded
+        # stores), so one can end before the first kill lands: the next environment's run is the target then.
+        for name in ["dev", "staging", "prod"]:
+            catalog_load(specs_dir=Path(settings.FCC_SPECS_DIR), environment_names=[name])
+            run = ProvisioningRun.objects.get(environment__name=name, revision=1)
+            run_kills[run.pk] = 0
+            while sum(run_kills.values()) < KILLS // 2:
+                units = len(run.plan["steps"]) + 1
+                where = _kill_cycle(workers, rng, ProvisioningRun, run, _run_progress, units, log)
+                if where is None:
+                    break
+                run_kills[run.pk] += 1
+                kills.append(f"kill {len(kills) + 1} (run {run.pk}, {name}) {where}")
+            _wait_for(lambda r=run: _run_progress(r)[0], what=f"{run} to finish", log=log)
+            if sum(run_kills.values()):
                 break
-            run_kills += 1
-            kills.append(f"kill {len(kills) + 1} (run {run.pk}) {where}")
-        _wait_for(lambda: _run_progress(run)[0], what="the run to finish", log=log)
+        dev = Environment.objects.get(name="dev")
         # The kills left go to backfills of every component; when one finishes before they are spent, another
         # replaces the same partitions (a rerun must leave identical counts).
         backfills: list[Backfill] = []
@@ -232,21 +239,21 @@ def test_ten_sigkills_during_a_run_and_backfills_converge_exactly_once(isolated_
     context = f"FCC_SOAK_SEED={seed}; " + "; ".join(kills)
 
     assert len(kills) == KILLS, context
-    assert run_kills >= 1, context
+    assert sum(run_kills.values()) >= 1, context
     assert sum(1 for n in backfill_kills.values() if n) >= 1, context
 
-    # The run: applied, every step recorded once and succeeded; one claim per attempt, one reaping per kill.
-    run.refresh_from_db()
-    assert run.state == "succeeded", (run.error, context)
-    steps = list(ProvisioningStep.objects.filter(run=run).order_by("index").values_list("index", "status"))
-    assert [i for i, _ in steps] == list(range(len(run.plan["steps"]) + 1)), context
-    assert {s for _, s in steps} == {"succeeded"}, context
-    claims = AuditLogEntry.objects.filter(action="provisioning_run.claim", object_id=str(run.pk))
-    reaped = AuditLogEntry.objects.filter(action="provisioning_run.reaped", object_id=str(run.pk))
-    assert claims.count() == run.attempts == run_kills + 1, context
-    assert reaped.count() == run_kills, context
-    # Each claim after a kill names a different worker process.
-    assert len({entry.after["worker"] for entry in claims}) == run_kills + 1, context
+    # The runs: applied, every step recorded once and succeeded; one claim per attempt, one reaping per kill.
+    for run in ProvisioningRun.objects.filter(pk__in=run_kills):
+        assert run.state == "succeeded", (run.error, context)
+        steps = list(ProvisioningStep.objects.filter(run=run).order_by("index").values_list("index", "status"))
+        assert [i for i, _ in steps] == list(range(len(run.plan["steps"]) + 1)), context
+        assert {s for _, s in steps} == {"succeeded"}, context
+        claims = AuditLogEntry.objects.filter(action="provisioning_run.claim", object_id=str(run.pk))
+        reaped = AuditLogEntry.objects.filter(action="provisioning_run.reaped", object_id=str(run.pk))
+        assert claims.count() == run.attempts == run_kills[run.pk] + 1, context
+        assert reaped.count() == run_kills[run.pk], context
+        # Each claim after a kill names a different worker process.
+        assert len({entry.after["worker"] for entry in claims}) == run_kills[run.pk] + 1, context
 
     # The backfills: succeeded, each partition once, reconciled with the files; claims and reapings audited.
     expected_partitions = sorted(source)
@@ -299,7 +306,7 @@ def test_ten_sigkills_during_a_run_and_backfills_converge_exactly_once(isolated_
         "worker-sigkill",
         seed=seed,
         kills=len(kills),
-        run_kills=run_kills,
+        run_kills=sum(run_kills.values()),
         backfill_kills=sum(backfill_kills.values()),
         backfills=len(backfills),
         partitions=len(expected_partitions) * len(backfills),

@@ -27,15 +27,27 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@shared_task(name="provisioning.run_execute", bind=True, acks_late=True, max_retries=None)
-def provisioning_run_execute(self: Any, run_id: int) -> None:
-    from provisioning.runner import RunNotReady, run_execute
+@shared_task(name="provisioning.run_execute", acks_late=True)
+def provisioning_run_execute(run_id: int) -> None:
+    from provisioning.dispatch import WORKER_PUBLISH_RETRY_POLICY, task_send
+    from provisioning.models import ProvisioningRun
+    from provisioning.runner import RunNotReady, run_execute, run_in_turn
 
     try:
-        run_execute(run_id=run_id, worker=worker_name())
+        state = run_execute(run_id=run_id, worker=worker_name())
     except RunNotReady as waiting:
-        # Runs of one environment apply in revision order; this one is retried once the earlier one is done.
-        raise self.retry(exc=waiting, countdown=2) from waiting
+        # Runs of one environment apply in revision order. The earlier run sends this one when it ends (below),
+        # so no message waits in the broker (where a restart could lose it); the reaper sends a queued run
+        # whose message went missing all the same.
+        logger.info("run waits its turn", extra={"run": run_id, "reason": str(waiting)})
+        return
+    if state in (ProvisioningRun.State.SUCCEEDED, ProvisioningRun.State.FAILED):
+        environment_id = ProvisioningRun.objects.values_list("environment_id", flat=True).get(pk=run_id)
+        following = run_in_turn(environment_id)
+        if following is not None:
+            task_send(
+                provisioning_run_execute, following, job="provisioning_run", retry_policy=WORKER_PUBLISH_RETRY_POLICY
+            )
 
 
 @shared_task(name="provisioning.reap_stale_runs")
