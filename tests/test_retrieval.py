@@ -758,3 +758,48 @@ def test_catalog_selectors_match_the_spec_files(loaded: None) -> None:
     }
     assert {r.component for r in feature_refs_from_catalog(dev, components={"c8"})} == {"c8"}
     assert [r.name for r in feature_refs_from_catalog(dev, names={"atr_regime"})] == ["atr_regime"]
+
+
+def test_the_duckdb_store_drops_the_blocks_it_read_after_each_component(tmp_path: Path) -> None:
+    """DuckDB keeps every block of its file it has read until it runs short of memory, beside a result that
+    can be larger still; retrieval has it drop them after each component, and leaves its memory limit as it
+    was. A limit set by someone else is left alone (and the blocks with it)."""
+    path = tmp_path / "store.duckdb"
+    with duckdb.connect(str(path)) as writer:
+        writer.execute("CREATE SCHEMA ds")
+        values = ", ".join(f"random() AS f{i}" for i in range(40))
+        writer.execute(
+            "CREATE TABLE ds.c1_features AS SELECT 'NIFTY' AS symbol, "  # noqa: S608
+            "TIMESTAMPTZ '2026-01-05 04:00:00+00' + INTERVAL (i) MINUTE AS ts_minute, 7::BIGINT AS dte, "
+            f"{values} FROM range(200000) t(i)"
+        )
+    features = [FeatureRef(f"f{i}", "c1", f"f{i}", 3600) for i in range(40)]
+    start = dt.datetime(2026, 1, 5, 4, 0, 30, tzinfo=dt.UTC)
+    stamps = pa.array([start + dt.timedelta(minutes=150 * i) for i in range(1000)], pa.timestamp("us", tz="UTC"))
+    entities = pa.table({"symbol": ["NIFTY"] * 1000, "dte": [7] * 1000, "event_timestamp": stamps})
+
+    def held(connection: Any) -> int:
+        return int(connection.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()[0])
+
+    def limit(connection: Any) -> str:
+        return str(connection.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+
+    results = []
+    for evict in (False, True):
+        with duckdb.connect(str(path), read_only=True) as connection:
+            before = limit(connection)
+            source = DuckDBSource(connection, "ds", evict_after_read=evict)
+            results.append(retrieve_point_in_time(entities, features, source))
+            assert limit(connection) == before
+            if evict:
+                assert held(connection) < 2 * 2**20  # a block or a few
+            else:
+                assert held(connection) > 30 * 2**20  # 200,000 rows of 40 columns, compressed
+    assert results[0].equals(results[1])
+    assert results[1]["f3"].null_count == 0
+    with duckdb.connect(str(path), read_only=True) as connection:
+        connection.execute("SET memory_limit = '3GB'")
+        before = limit(connection)
+        retrieve_point_in_time(entities, features, DuckDBSource(connection, "ds"))
+        assert limit(connection) == before
+        assert held(connection) > 30 * 2**20
