@@ -341,6 +341,8 @@ class ParquetFilesSource(_ReadsInBatches):
 # result at 100,000 rows of 932 columns, and for a training job over a year of data, blocks up to that limit.
 # Lowering the limit evicts the unpinned blocks; this is the limit it is lowered to, for a moment.
 _EVICTION_LIMIT = "1MB"
+# Rows per record batch of a streamed DuckDB result.
+_ROWS_PER_STREAM = 1_000_000
 
 
 @functools.cache
@@ -436,10 +438,6 @@ class DuckDBSource(_ReadsInBatches):
             with self._reading_lock:
                 self._reading -= 1
             connection.close()
-
-
-# Rows per record batch of a streamed DuckDB result.
-_ROWS_PER_STREAM = 1_000_000
 
 
 @dataclass
