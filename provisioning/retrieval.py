@@ -23,10 +23,11 @@ once and reused while the keys are the same rows, and the result's 8 bytes a cel
 import datetime as dt
 import functools
 import os
+import queue
 import re
 import threading
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,8 +340,14 @@ class ParquetFilesSource(_ReadsInBatches):
 # DuckDB keeps every block of a database file it has read until it runs short of memory (its limit is 80 % of the
 # machine's), beside a result it does not count (Arrow's): about 150 MB for the bench's 5 days and 750 MB of
 # result at 100,000 rows of 932 columns, and for a training job over a year of data, blocks up to that limit.
-# Lowering the limit evicts the unpinned blocks; this is the limit it is lowered to, for a moment.
+# While it reads a component, its limit is lowered to this: it evicts the blocks it has scanned as it goes and
+# reuses their memory for the next ones, however long the window. After the component, the limit is lowered to
+# the second for a moment, which evicts the rest (DuckDB hands their memory back to the system then: the next
+# read faults it in again, about 0.1 s for the bench's 5 days).
+_SCAN_MEMORY_LIMIT = 48 * 2**20
 _EVICTION_LIMIT = "1MB"
+# What a scan needs at least, per scanning thread and column: the column's block and room for the next.
+_SCAN_MEMORY_PER_COLUMN = 2 * 256 * 2**10
 # Rows per record batch of a streamed DuckDB result.
 _ROWS_PER_STREAM = 1_000_000
 
@@ -358,42 +365,61 @@ def _memory_limit(connection: Any) -> str:
     return str(connection.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
 
 
-def _evict_unpinned_blocks(connection: Any) -> None:
-    """Makes the database instance drop the blocks of its file it holds but no query has pinned: lowers the
-    memory limit, which evicts them, and resets it right after. The limit is global to the instance (every
-    connection to the file in this process): call this only while no other query runs on it.
-
-    Only under DuckDB's default limit, which RESET puts back exactly: DuckDB shows a limit rounded down to one
-    decimal of its unit and parses it back lower still (18.8 GiB, set again, shows 18.7 GiB), so a limit set by
-    someone else could not be put back as it was, and is left alone (its blocks stay, as without this)."""
-    import duckdb
-
-    if _memory_limit(connection) != _default_memory_limit():
-        return
-    try:
-        connection.execute(f"SET memory_limit = '{_EVICTION_LIMIT}'")
-    except duckdb.OutOfMemoryException:
-        # More memory than the low limit is pinned: DuckDB evicted what it could and left the limit as it was.
-        pass
-    finally:
-        connection.execute("RESET memory_limit")
-
-
 @dataclass
 class DuckDBSource(_ReadsInBatches):
     """The DuckDB offline store's tables (`{dataset}.{component}_features`) through an open connection.
 
-    After each component the database instance drops the blocks it read (`evict_after_read`): they would
-    otherwise stay in memory beside the result, for as long as the connection is open. The next call reads
-    them from the file again (the operating system's cache, normally): about 0.15 s for 150 MB of blocks."""
+    While it reads a component, the database instance keeps at most `scan_memory_limit` bytes of the file's
+    blocks, or what a scan of a batch needs if that is more, and after it drops them (None: as many as DuckDB
+    likes, until it runs short of memory): they would otherwise stay in memory beside the result for as long as
+    the connection is open. The limit is the instance's (every connection to the file in this process): it is
+    lowered while components are read and put back after. It is lowered only from DuckDB's default, which RESET
+    restores exactly (DuckDB shows a limit rounded down and parses it back lower still: 18.8 GiB, set again,
+    shows 18.7 GiB), so a limit set by someone else is left alone, and the blocks with it. A batch that needs
+    more memory than the lowered limit is read again under the default. The next call reads the blocks from the
+    file again (the operating system's cache, normally)."""
 
     connection: Any  # duckdb.DuckDBPyConnection
     dataset: str
     columns_per_read: int = COLUMNS_PER_READ  # 0: all at once
-    evict_after_read: bool = True
-    # The components being read: blocks are evicted only when no other read of this source is under way.
+    scan_memory_limit: int | None = _SCAN_MEMORY_LIMIT  # bytes
+    # The components being read: the limit is lowered by the first and put back by the last.
     _reading: int = field(default=0, init=False, repr=False, compare=False)
+    _lowered: bool = field(default=False, init=False, repr=False, compare=False)
     _reading_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def _lower_limit(self, connection: Any, columns: int) -> None:
+        import duckdb
+
+        with self._reading_lock:
+            self._reading += 1
+            floor = self.scan_memory_limit
+            if self._reading == 1 and floor is not None and _memory_limit(connection) == _default_memory_limit():
+                threads = int(connection.execute("SELECT current_setting('threads')").fetchall()[0][0])
+                needed = threads * (columns + len(_key_fields())) * _SCAN_MEMORY_PER_COLUMN
+                try:
+                    connection.execute(f"SET memory_limit = '{max(int(floor), needed) // 2**10}KiB'")
+                except duckdb.OutOfMemoryException:
+                    return  # more than that is pinned: DuckDB left the limit as it was
+                self._lowered = True
+
+    def _reset_limit(self, connection: Any, *, done: bool) -> None:
+        """Puts the limit back: for a batch that needs more (not `done`), or after the last component being read,
+        whose blocks are dropped first (the limit lowered to 1 MB evicts every block no query has pinned)."""
+        import duckdb
+
+        with self._reading_lock:
+            if done:
+                self._reading -= 1
+            if self._lowered and (self._reading == 0 or not done):
+                try:
+                    if done:
+                        connection.execute(f"SET memory_limit = '{_EVICTION_LIMIT}'")
+                except duckdb.OutOfMemoryException:
+                    pass  # more than that is pinned: DuckDB evicted what it could and left the limit as it was
+                finally:
+                    connection.execute("RESET memory_limit")
+                self._lowered = False
 
     def _batches(
         self,
@@ -404,10 +430,12 @@ class DuckDBSource(_ReadsInBatches):
         end: dt.datetime,
         per_read: int,
     ) -> Iterator[Any]:
+        import duckdb
+
         table = f"{component}_features"
         connection = self.connection.cursor()  # a connection of its own: retrieval reads components in threads
-        with self._reading_lock:
-            self._reading += 1
+        wanted = list(dict.fromkeys(columns))
+        lowering = False
         try:
             exists = connection.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
@@ -419,24 +447,35 @@ class DuckDBSource(_ReadsInBatches):
             source = f'"{_checked(self.dataset)}"."{_checked(table)}"'
             # One transaction for every batch: each reads the same snapshot, so the same rows.
             connection.execute("BEGIN TRANSACTION")
-            for batch in _column_batches((c for c in columns if c in present), per_read):
+            lowering = True
+            self._lower_limit(connection, min(len(wanted), per_read or len(wanted)))
+            for batch in _column_batches((c for c in wanted if c in present), per_read):
                 select = ", ".join(f'"{_checked(c)}"' for c in ["symbol", "ts_minute", "dte", *batch])
                 sql = (
                     f"SELECT {select} FROM {source} "  # noqa: S608
                     "WHERE ts_minute BETWEEN ? AND ? AND symbol IN (SELECT unnest(?::VARCHAR[]))"
                 )
+                params = [start, end, sorted(symbols)]
                 # Streamed rather than materialized in DuckDB first (to_arrow_table): no second copy of the batch
                 # in DuckDB's memory, and faster.
-                reader = connection.sql(sql, params=[start, end, sorted(symbols)]).to_arrow_reader(_ROWS_PER_STREAM)
-                yield reader.read_all()
+                try:
+                    data = connection.sql(sql, params=params).to_arrow_reader(_ROWS_PER_STREAM).read_all()
+                except (duckdb.OutOfMemoryException, OSError) as error:
+                    # Raised by DuckDB, or by Arrow's reader of its stream (as an OSError).
+                    if not self._lowered or "Out of Memory" not in str(error):
+                        raise
+                    # The error aborted the transaction: the batch is read again in a new one. A file open
+                    # read-only (as the offline store reads) has no writer, so it is the same snapshot.
+                    connection.execute("ROLLBACK")
+                    self._reset_limit(connection, done=False)
+                    connection.execute("BEGIN TRANSACTION")
+                    data = connection.sql(sql, params=params).to_arrow_reader(_ROWS_PER_STREAM).read_all()
+                yield data
+                del data
             connection.execute("COMMIT")
-            if self.evict_after_read:
-                with self._reading_lock:
-                    if self._reading == 1:
-                        _evict_unpinned_blocks(connection)
         finally:
-            with self._reading_lock:
-                self._reading -= 1
+            if lowering:
+                self._reset_limit(connection, done=True)
             connection.close()
 
 
@@ -852,6 +891,68 @@ def _window(entities: _Entities, features: Sequence[FeatureRef]) -> tuple[dt.dat
     return epoch + dt.timedelta(microseconds=start_us), epoch + dt.timedelta(microseconds=end_us)
 
 
+class _ReadAhead:
+    """Runs several iterators of batches one after the other on a thread of its own, at most one batch ahead of
+    the caller: reading a batch (decoding Parquet, DuckDB's scan and Arrow conversion, which release the GIL)
+    overlaps the gather of the one before it. Iterate over it for each iterator's batches in turn, in order.
+
+    At most two batches are held: the caller's and the one being read. Leaving the `with` block early (an error
+    in the caller) stops the reading thread after its current batch and closes the iterator it was reading."""
+
+    _END = object()
+
+    def __init__(self, openers: Sequence[Callable[[], Iterable[Any]]]) -> None:
+        self._openers = openers
+        self._ready: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        # Batches the caller has not finished with (the one it gathers, the one being read or waiting for it).
+        self._slots = threading.Semaphore(2)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="retrieval-read-ahead", daemon=True)
+
+    def __enter__(self) -> Iterator[Iterator[Any]]:
+        self._thread.start()
+        return (self._batches(position) for position in range(len(self._openers)))
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopped.set()
+        self._slots.release()  # a reader waiting for a slot wakes up and sees the stop
+        self._thread.join()
+
+    def _read(self) -> None:
+        for position, opener in enumerate(self._openers):
+            iterator: Iterator[Any] | None = None
+            try:
+                iterator = iter(opener())
+                while True:
+                    self._slots.acquire()
+                    if self._stopped.is_set():
+                        return
+                    batch = next(iterator, self._END)
+                    self._ready.put((position, batch))
+                    if batch is self._END:
+                        break
+            except BaseException as error:  # noqa: BLE001 (handed to the caller, which raises it)
+                self._ready.put((position, error))
+                return
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+
+    def _batches(self, position: int) -> Iterator[Any]:
+        while True:
+            got, batch = self._ready.get()
+            assert got == position, "batches are taken in the order they are read"
+            if isinstance(batch, BaseException):
+                raise batch
+            if batch is self._END:
+                self._slots.release()
+                return
+            yield batch
+            del batch
+            self._slots.release()
+
+
 def retrieve_point_in_time(
     entities: Any, features: Sequence[FeatureRef], source: FeatureSource, *, threads: int | None = None
 ) -> Any:
@@ -873,15 +974,18 @@ def retrieve_point_in_time(
     def nulls(ref: FeatureRef) -> Any:
         return pa.nulls(table.num_rows, ARROW_TYPES.get(ref.dtype, pa.float64()))
 
-    def component_columns(component: str, refs: list[FeatureRef]) -> dict[str, Any]:
+    def component_tables(component: str, refs: list[FeatureRef]) -> Iterable[Any]:
+        assert window is not None
+        wanted = [r.column for r in refs]
+        if isinstance(source, BatchedFeatureSource):
+            return source.read_batches(component, wanted, symbols=symbols, start=window[0], end=window[1])
+        return [source.read(component, wanted, symbols=symbols, start=window[0], end=window[1])]
+
+    def component_columns(component: str, refs: list[FeatureRef], tables: Iterable[Any] | None) -> dict[str, Any]:
         if window is None:
             return {ref.name: nulls(ref) for ref in refs}
-        wanted = [r.column for r in refs]
-        tables: Iterable[Any]
-        if isinstance(source, BatchedFeatureSource):
-            tables = source.read_batches(component, wanted, symbols=symbols, start=window[0], end=window[1])
-        else:
-            tables = [source.read(component, wanted, symbols=symbols, start=window[0], end=window[1])]
+        if tables is None:
+            tables = component_tables(component, refs)
         found: dict[tuple[int, str], Any] = {}
         keys = match = None
         gathers: dict[int, _Gather] = {}
@@ -918,13 +1022,18 @@ def retrieve_point_in_time(
     # Readers of files and databases use their own threads, and a component read at a time keeps memory low.
     default = min(4, os.cpu_count() or 1) if isinstance(source, ArrowSource) else 1
     workers = max(1, min(threads or default, len(groups)))
-    if workers == 1:
-        for group in groups:
-            columns.update(component_columns(*group))
-    else:
+    if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(lambda item: component_columns(*item), groups):
+            for result in pool.map(lambda item: component_columns(item[0], item[1], None), groups):
                 columns.update(result)
+    elif isinstance(source, ArrowSource) or window is None:
+        for component, refs in groups:
+            columns.update(component_columns(component, refs, None))
+    else:
+        # A source that reads: the next batch is read (decoded, the GIL released) while this one is gathered.
+        with _ReadAhead([functools.partial(component_tables, *group) for group in groups]) as batches:
+            for (component, refs), tables in zip(groups, batches, strict=True):
+                columns.update(component_columns(component, refs, tables))
     return pa.Table.from_arrays(
         [*table.columns, *(columns[ref.name] for ref in features)], names=[*table.column_names, *names]
     )

@@ -5,9 +5,10 @@ pandas `merge_asof` on data whose timestamps are off the minute grid."""
 import datetime as dt
 import hashlib
 import re
+import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog import rules
+from provisioning import retrieval
 from provisioning.ddl import KEY_COLUMNS, Column, TableSpec, to_duckdb
 from provisioning.offline.bigquery_store import BigQueryOfflineStore
 from provisioning.retrieval import (
@@ -760,10 +762,12 @@ def test_catalog_selectors_match_the_spec_files(loaded: None) -> None:
     assert [r.name for r in feature_refs_from_catalog(dev, names={"atr_regime"})] == ["atr_regime"]
 
 
-def test_the_duckdb_store_drops_the_blocks_it_read_after_each_component(tmp_path: Path) -> None:
+def test_the_duckdb_store_keeps_at_most_its_scan_limit_of_blocks(tmp_path: Path, monkeypatch: Any) -> None:
     """DuckDB keeps every block of its file it has read until it runs short of memory, beside a result that
-    can be larger still; retrieval has it drop them after each component, and leaves its memory limit as it
-    was. A limit set by someone else is left alone (and the blocks with it)."""
+    can be larger still; while retrieval reads, the instance's limit is lowered so that it keeps at most that
+    many, it drops them after each component, and the limit is put back. A batch that needs more than the
+    lowered limit is read under the default one. A limit set by someone else is left alone (and the blocks
+    with it)."""
     path = tmp_path / "store.duckdb"
     with duckdb.connect(str(path)) as writer:
         writer.execute("CREATE SCHEMA ds")
@@ -771,11 +775,11 @@ def test_the_duckdb_store_drops_the_blocks_it_read_after_each_component(tmp_path
         writer.execute(
             "CREATE TABLE ds.c1_features AS SELECT 'NIFTY' AS symbol, "  # noqa: S608
             "TIMESTAMPTZ '2026-01-05 04:00:00+00' + INTERVAL (i) MINUTE AS ts_minute, 7::BIGINT AS dte, "
-            f"{values} FROM range(200000) t(i)"
+            f"{values} FROM range(400000) t(i)"
         )
     features = [FeatureRef(f"f{i}", "c1", f"f{i}", 3600) for i in range(40)]
     start = dt.datetime(2026, 1, 5, 4, 0, 30, tzinfo=dt.UTC)
-    stamps = pa.array([start + dt.timedelta(minutes=150 * i) for i in range(1000)], pa.timestamp("us", tz="UTC"))
+    stamps = pa.array([start + dt.timedelta(minutes=300 * i) for i in range(1000)], pa.timestamp("us", tz="UTC"))
     entities = pa.table({"symbol": ["NIFTY"] * 1000, "dte": [7] * 1000, "event_timestamp": stamps})
 
     def held(connection: Any) -> int:
@@ -784,22 +788,93 @@ def test_the_duckdb_store_drops_the_blocks_it_read_after_each_component(tmp_path
     def limit(connection: Any) -> str:
         return str(connection.execute("SELECT current_setting('memory_limit')").fetchone()[0])
 
+    @dataclass
+    class Watched(DuckDBSource):
+        """Notes what DuckDB holds after each batch of 8 columns it has read."""
+
+        during: list[int] = field(default_factory=list)
+
+        def _batches(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            for batch in super()._batches(*args, **kwargs):
+                self.during.append(held(self.connection.cursor()))
+                yield batch
+
     results = []
-    for evict in (False, True):
-        with duckdb.connect(str(path), read_only=True) as connection:
+    # None: DuckDB's own caching; 48 MB: 192 blocks of 256 KB, more than 2 threads scanning 11 columns need; 1
+    # byte: raised to what they need (2 blocks a thread and column: 11 MiB).
+    for scan_limit in (None, 48 * 2**20, 1):
+        with duckdb.connect(str(path), read_only=True, config={"threads": 2}) as connection:
             before = limit(connection)
-            source = DuckDBSource(connection, "ds", evict_after_read=evict)
+            source = Watched(connection, "ds", columns_per_read=8, scan_memory_limit=scan_limit)
             results.append(retrieve_point_in_time(entities, features, source))
             assert limit(connection) == before
-            if evict:
-                assert held(connection) < 2 * 2**20  # a block or a few
+            assert len(source.during) == 5
+            if scan_limit is None:
+                assert max(source.during) > 64 * 2**20  # 400,000 rows of 40 columns, compressed
+                assert held(connection) > 64 * 2**20
             else:
-                assert held(connection) > 30 * 2**20  # 200,000 rows of 40 columns, compressed
+                assert max(source.during) <= max(scan_limit, 11 * 2**20)
+                assert held(connection) < 2 * 2**20  # a block or a few
     assert results[0].equals(results[1])
-    assert results[1]["f3"].null_count == 0
+    assert results[0].equals(results[2])
+    assert results[0]["f3"].null_count == 0
     with duckdb.connect(str(path), read_only=True) as connection:
         connection.execute("SET memory_limit = '3GB'")
         before = limit(connection)
         retrieve_point_in_time(entities, features, DuckDBSource(connection, "ds"))
         assert limit(connection) == before
-        assert held(connection) > 30 * 2**20
+        assert held(connection) > 64 * 2**20
+    # A scan that needs more than the lowered limit (here 4 MiB: 16 blocks) is read again under the default.
+    monkeypatch.setattr(retrieval, "_SCAN_MEMORY_PER_COLUMN", 1)
+    with duckdb.connect(str(path), read_only=True) as connection:
+        before = limit(connection)
+        assert retrieve_point_in_time(
+            entities, features, DuckDBSource(connection, "ds", scan_memory_limit=4 * 2**20)
+        ).equals(results[0])
+        assert limit(connection) == before
+        assert held(connection) > 64 * 2**20
+
+
+def test_reading_ahead_keeps_one_batch_ahead_and_stops_with_its_caller() -> None:
+    """Sources that read are read on a thread of their own while the caller gathers: at most one batch ahead,
+    in order, a reader's error raised to the caller, and a caller that stops closes the iterator being read."""
+    produced: list[tuple[int, int]] = []
+    closed: list[int] = []
+
+    def batches(source: int, count: int) -> Iterator[int]:
+        try:
+            for number in range(count):
+                produced.append((source, number))
+                yield number
+        finally:
+            closed.append(source)
+
+    with retrieval._ReadAhead([lambda: batches(0, 4), lambda: batches(1, 3)]) as sources:
+        seen = []
+        for position, iterator in enumerate(sources):
+            for number in iterator:
+                time.sleep(0.02)  # the reader has time to run ahead, if it would
+                seen.append((position, number))
+                assert len(produced) <= len(seen) + 1
+    assert seen == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)]
+    assert closed == [0, 1]
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise RetrievalError("the store went away")
+
+    def read_all(openers: list[Any], stop_at: int | None = None) -> None:
+        with retrieval._ReadAhead(openers) as sources:
+            for iterator in sources:
+                for number in iterator:
+                    if number == stop_at:
+                        raise KeyError(number)
+
+    with pytest.raises(RetrievalError, match="went away"):
+        read_all([failing])
+    produced.clear()
+    closed.clear()
+    with pytest.raises(KeyError):
+        read_all([lambda: batches(0, 1000)], stop_at=2)
+    assert closed == [0]
+    assert len(produced) <= 4
