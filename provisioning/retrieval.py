@@ -172,21 +172,34 @@ def _read_parquet_batches(files: Sequence[str], columns: Sequence[str], threads:
         return
     readers = [pq.ParquetFile(f) for f in files]
     try:
-        union = pa.unify_schemas([r.schema_arrow for r in readers])
+        schemas = [r.schema_arrow for r in readers]  # a property that converts the file's schema on every call
+        union = pa.unify_schemas(schemas)
         fields = _key_fields()
         for column in dict.fromkeys(columns):
             index = union.get_field_index(column)
             if index >= 0:
                 fields.append(union.field(index))
         keys = fields[: len(_key_fields())]
+        types = {f.name: f.type for f in fields}
+        # The files holding every column of the same type (normally all): their tables are taken as they are read.
+        whole = []
+        for file_schema in schemas:
+            file_types = dict(zip(file_schema.names, file_schema.types, strict=True))
+            whole.append(all(file_types.get(name) == kind for name, kind in types.items()))
         # Each file is opened and its footer read once for every batch.
         for batch in _column_batches([f.name for f in fields[len(keys) :]], per_read):
-            schema = pa.schema([*keys, *(f for f in fields if f.name in batch)])
+            wanted = set(batch)
+            schema = pa.schema([*keys, *(f for f in fields if f.name in wanted)])
             parts = []
-            for reader in readers:
-                names = set(reader.schema_arrow.names)
+            for reader, file_schema, complete in zip(readers, schemas, whole, strict=True):
+                if complete:
+                    part = reader.read(columns=schema.names, use_threads=threads > 1)
+                    # The same columns and types; nullability and metadata as the union's.
+                    parts.append(pa.Table.from_arrays(part.select(schema.names).columns, schema=schema))
+                    continue
+                names = set(file_schema.names)
                 part = reader.read(columns=[n for n in schema.names if n in names], use_threads=threads > 1)
-                # A file of an older catalog version lacks a column: null there.
+                # A file of an older catalog version lacks a column (null there) or has another type.
                 parts.append(
                     pa.table(
                         [
