@@ -123,7 +123,7 @@ def _kill_cycle(
 ) -> str | None:
     """Waits for the current worker to claim the target, then for a random number (0-3) of further steps or
     partitions and a random delay, and kills it there. Returns what was in progress at the kill, or None when
-    the target finished first (no kill)."""
+    the target finished first (no kill, or a kill that landed after it finished)."""
     pid = workers.pid
     try:
         _wait_for(lambda: _claimed_by(model, target.pk, pid), timeout=60, what=f"worker {pid} to claim", log=log)
@@ -141,7 +141,12 @@ def _kill_cycle(
     if finished:
         return None
     workers.kill()
+    # The target may have finished between the look above and the kill landing: then nothing of it was cut off
+    # (no reaping will follow) and the kill does not count.
+    finished = progress(target)[0]
     workers.start()
+    if finished:
+        return None
     return f"claimed {claimed_after:.1f}s after start; {wanted - done} more done, then {delay:.2f}s: {where}"
 
 
