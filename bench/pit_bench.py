@@ -18,8 +18,9 @@ Each case runs in its own process: `seconds` is the best of `--repeat` calls, `f
 also pays for the first touch of the result's memory, about 750 MB for 100,000 rows of 932 columns, which
 some VMs make slow); `peak MB` the growth of the process's peak RSS (VmHWM, reset before the calls) over its
 RSS before them, so loading the data in memory is not counted, the result table is, and so is DuckDB's cache
-of its database file's blocks. Then one process runs the fast path and every DuckDB reference on the same
-data and counts the cells that differ (must be 0).
+of its database file's blocks. Each process sets glibc's allocator as a worker does (provisioning/memory.py;
+FCC_MALLOC_MMAP_THRESHOLD=0 leaves glibc's dynamic mmap threshold). Then one process runs the fast path and
+every DuckDB reference on the same data and counts the cells that differ (must be 0).
 
     .venv/bin/python bench/pit_bench.py [--days 5] [--rows 10000,100000] [--repeat 3] [--storage ...]
 """
@@ -43,6 +44,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from provisioning.memory import allocator_configure, mmap_threshold_wanted  # noqa: E402
 from provisioning.retrieval import (  # noqa: E402
     ArrowSource,
     DuckDBSource,
@@ -243,6 +245,7 @@ def reference_relations(work: Path, storage: str, components: set[str]) -> tuple
 
 
 def run_case(work: Path, case: str, rows: int, repeat: int) -> dict[str, float]:
+    allocator_configure()  # as a worker does at start
     method, storage = case.split(", ")
     features = load_features(work)
     entities = pq.read_table(work / f"entities-{rows}.parquet")
@@ -346,6 +349,16 @@ def main() -> None:
         print(
             f"sample data: {len(summary.days)} trading days, {summary.files} files, {summary.rows:,} rows, "
             f"{summary.bytes / 1e6:.0f} MB, {prepared['features']} features, generated in {prepared['generated']:.1f} s"
+        )
+        threshold = mmap_threshold_wanted()
+        print(
+            "allocator: as in workers, "
+            + (
+                f"glibc's mmap threshold fixed at {threshold / 2**20:g} MiB"
+                if threshold and not os.environ.get("MALLOC_MMAP_THRESHOLD_")
+                else "glibc's own mmap threshold"
+            )
+            + " (FCC_MALLOC_MMAP_THRESHOLD=0: glibc's dynamic threshold)"
         )
         print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
         header = (

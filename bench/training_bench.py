@@ -23,11 +23,13 @@ sys.path.insert(0, str(ROOT))
 import pyarrow.parquet as pq  # noqa: E402
 
 from bench.pit_bench import DATASET, _hwm_mb, _reset_hwm, _rss_mb, load_features, prepare  # noqa: E402
+from provisioning.memory import allocator_configure  # noqa: E402
 from provisioning.offline.duckdb_store import DuckDBOfflineStore  # noqa: E402
 from provisioning.retrieval import write_parquet_batches  # noqa: E402
 
 
 def run_case(work: Path, rows: int, per_batch: int) -> dict[str, float]:
+    allocator_configure()  # as a worker does at start
     features = load_features(work)
     entities = pq.read_table(work / f"entities-{rows}.parquet")
     # The store's file is `{environment}-offline.duckdb` in its folder: pit_bench's file under that name.

@@ -3,6 +3,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init, worker_process_init
 from kombu.transport import redis as kombu_redis
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -10,6 +11,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("feature_catalog_console")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["workers"])
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _configure_allocator(**_: Any) -> None:
+    """Workers build large tables (training datasets, backfill partitions): glibc's mmap threshold is fixed in
+    the worker (before its pool's processes fork) and again in each pool process (provisioning/memory.py)."""
+    from provisioning.memory import allocator_configure
+
+    allocator_configure()
 
 
 def _only_while_connected(original: Callable[..., Any]) -> Callable[..., Any]:

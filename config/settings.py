@@ -12,6 +12,8 @@ from typing import Any
 import dj_database_url
 import django_stubs_ext
 
+from provisioning.memory import mmap_threshold_wanted
+
 # Lets generic classes (ModelAdmin[Team], QuerySet[Feature]) be subscripted at run time, as mypy sees them.
 django_stubs_ext.monkeypatch()
 
@@ -254,6 +256,9 @@ FCC_STEP_BACKOFF_SECONDS = float(os.environ.get("FCC_STEP_BACKOFF_SECONDS", "0.5
 FCC_RUN_STALE_SECONDS = int(os.environ.get("FCC_RUN_STALE_SECONDS", "120"))
 # Entity rows a training dataset job computes and writes at a time: its memory is one batch's features.
 FCC_TRAINING_ROWS_PER_BATCH = int(os.environ.get("FCC_TRAINING_ROWS_PER_BATCH", "32768"))
+# glibc's mmap threshold in workers (provisioning/memory.py), checked here so a bad value stops start-up with its
+# reason; the worker reads it from the environment itself, before Django is set up.
+FCC_MALLOC_MMAP_THRESHOLD = mmap_threshold_wanted()
 _REAPER_SECONDS = float(os.environ.get("FCC_REAPER_SECONDS", "60"))
 _ONLINE_SYNC_SECONDS = float(os.environ.get("FCC_ONLINE_SYNC_SECONDS", "60"))
 _DRIFT_SECONDS = float(os.environ.get("FCC_DRIFT_SECONDS", "900"))
