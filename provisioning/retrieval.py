@@ -140,6 +140,19 @@ class BatchedFeatureSource(FeatureSource, Protocol):
 # size on top of the result (103 MB for the bench's widest over 5 days, 38 MB), which grows with the window;
 # a batch bounds it whatever the window, at no measurable cost over 5 days.
 COLUMNS_PER_READ = 64
+# Components a retrieval from a source that reads has read at once (FCC_RETRIEVAL_READERS), besides the one
+# being gathered. A DuckDB scan of a table of one row group, or a Parquet file's decode, runs on one core: on two
+# cores two readers take the DuckDB store's 10,000-row retrieval of the bench from 0.47-0.62 s to 0.41-0.49 s
+# and its 100,000-row one from 0.73-0.75 s to 0.57-0.59 s, but hold 30-65 MB more (each reader a batch and
+# DuckDB's blocks for its scan): 786-790 MB become 807-855 MB at 100,000 rows.
+_READERS_VARIABLE = "FCC_RETRIEVAL_READERS"
+
+
+def _readers() -> int:
+    raw = os.environ.get(_READERS_VARIABLE, "").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= 16:
+        raise RetrievalError(f"{_READERS_VARIABLE} must be a whole number from 1 to 16, not {raw!r}")
+    return int(raw)
 
 
 def _column_batches(columns: Iterable[str], per_read: int) -> list[list[str]]:
@@ -907,47 +920,67 @@ def _window(entities: _Entities, features: Sequence[FeatureRef]) -> tuple[dt.dat
 
 
 class _ReadAhead:
-    """Runs several iterators of batches one after the other on a thread of its own, at most one batch ahead of
-    the caller: reading a batch (decoding Parquet, DuckDB's scan and Arrow conversion, which release the GIL)
-    overlaps the gather of the one before it. Iterate over it for each iterator's batches in turn, in order.
+    """Runs several iterators of batches on `readers` threads of their own while the caller gathers the batches
+    already read: reading a batch (decoding Parquet, DuckDB's scan and Arrow conversion, which release the GIL)
+    overlaps the gather of the one before it, and with two readers two iterators are read at once (a DuckDB
+    scan of a table of one row group, or a Parquet file's decode, runs on one core). Iterate over it for each
+    iterator's batches in turn, in order; the threads take the iterators in that order.
 
-    At most two batches are held: the caller's and the one being read. Leaving the `with` block early (an error
-    in the caller) stops the reading thread after its current batch and closes the iterator it was reading."""
+    Each iterator is read at most one batch ahead of the caller: for the iterator the caller is on, its batch
+    and the next one are held; each thread on a later iterator holds one batch it read, waiting for the caller.
+    Leaving the `with` block early (an error in the caller) stops every thread after its current batch and
+    closes the iterators they were reading."""
 
     _END = object()
 
-    def __init__(self, openers: Sequence[Callable[[], Iterable[Any]]]) -> None:
+    def __init__(self, openers: Sequence[Callable[[], Iterable[Any]]], *, readers: int = 1) -> None:
         self._openers = openers
-        self._ready: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
-        # Batches the caller has not finished with (the one it gathers, the one being read or waiting for it).
-        self._slots = threading.Semaphore(2)
+        self._ready: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in openers]
+        # Per iterator, the batch a thread may read before the caller has taken the one before it.
+        self._ahead = [threading.Semaphore(1) for _ in openers]
+        self._taken = 0  # the iterators the threads have taken, in order
+        self._taking = threading.Lock()
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._read, name="retrieval-read-ahead", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._read, name=f"retrieval-read-ahead-{number}", daemon=True)
+            for number in range(max(1, min(readers, len(openers))))
+        ]
 
     def __enter__(self) -> Iterator[Iterator[Any]]:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return (self._batches(position) for position in range(len(self._openers)))
 
     def __exit__(self, *exc_info: object) -> None:
         self._stopped.set()
-        self._slots.release()  # a reader waiting for a slot wakes up and sees the stop
-        self._thread.join()
+        for ahead in self._ahead:
+            ahead.release()  # a reader waiting to read ahead wakes up and sees the stop
+        for thread in self._threads:
+            thread.join()
 
     def _read(self) -> None:
-        for position, opener in enumerate(self._openers):
+        while not self._stopped.is_set():
+            with self._taking:
+                position = self._taken
+                self._taken += 1
+            if position >= len(self._openers):
+                return
+            ready, ahead = self._ready[position], self._ahead[position]
             iterator: Iterator[Any] | None = None
             try:
-                iterator = iter(opener())
+                iterator = iter(self._openers[position]())
                 while True:
-                    self._slots.acquire()
+                    ahead.acquire()
                     if self._stopped.is_set():
                         return
                     batch = next(iterator, self._END)
-                    self._ready.put((position, batch))
-                    if batch is self._END:
+                    end = batch is self._END
+                    ready.put(batch)
+                    del batch
+                    if end:
                         break
             except BaseException as error:  # noqa: BLE001 (handed to the caller, which raises it)
-                self._ready.put((position, error))
+                ready.put(error)
                 return
             finally:
                 close = getattr(iterator, "close", None)
@@ -955,21 +988,25 @@ class _ReadAhead:
                     close()
 
     def _batches(self, position: int) -> Iterator[Any]:
+        ready, ahead = self._ready[position], self._ahead[position]
         while True:
-            got, batch = self._ready.get()
-            assert got == position, "batches are taken in the order they are read"
+            batch = ready.get()
+            ahead.release()  # the thread may read the next batch while this one is gathered
             if isinstance(batch, BaseException):
                 raise batch
             if batch is self._END:
-                self._slots.release()
                 return
             yield batch
             del batch
-            self._slots.release()
 
 
 def retrieve_point_in_time(
-    entities: Any, features: Sequence[FeatureRef], source: FeatureSource, *, threads: int | None = None
+    entities: Any,
+    features: Sequence[FeatureRef],
+    source: FeatureSource,
+    *,
+    threads: int | None = None,
+    readers: int | None = None,
 ) -> Any:
     """The entity rows, in their order and with all their columns, followed by one column per feature (named
     after the feature): its latest value at or before `event_timestamp` for the row's symbol and dte within
@@ -978,7 +1015,8 @@ def retrieve_point_in_time(
     `entities`: a pyarrow Table or RecordBatch, or a pandas DataFrame, with `symbol`, `dte`,
     `event_timestamp` (timezone-naive timestamps are UTC) and any label columns. Components are gathered on
     `threads` threads (default: the number of cores, at most 4, for an ArrowSource; one at a time for sources
-    that read, whose readers have threads of their own).
+    that read, whose readers have threads of their own). A source that reads is read by `readers` threads
+    (default: FCC_RETRIEVAL_READERS, else 1), each a component at a time, ahead of the gather.
     """
     table = _entity_table(entities)
     names = _output_names(table, features)
@@ -1045,8 +1083,9 @@ def retrieve_point_in_time(
         for component, refs in groups:
             columns.update(component_columns(component, refs, None))
     else:
-        # A source that reads: the next batch is read (decoded, the GIL released) while this one is gathered.
-        with _ReadAhead([functools.partial(component_tables, *group) for group in groups]) as batches:
+        # A source that reads: the next batches are read (decoded, the GIL released) while this one is gathered.
+        openers = [functools.partial(component_tables, *group) for group in groups]
+        with _ReadAhead(openers, readers=readers or _readers()) as batches:
             for (component, refs), tables in zip(groups, batches, strict=True):
                 columns.update(component_columns(component, refs, tables))
     return pa.Table.from_arrays(

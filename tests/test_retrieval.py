@@ -299,6 +299,28 @@ def test_columns_read_in_batches_match_merge_asof(
         DuckDBSource(duckdb_store(tables, entities), "market_regime_test", columns_per_read=2),
     ):
         assert_matches_reference(retrieve_point_in_time(entities, FEATURES, source), entities, tables)
+        # Components read at once by several threads (the DuckDB store's limit lowered by the first, put back
+        # by the last).
+        assert_matches_reference(retrieve_point_in_time(entities, FEATURES, source, readers=3), entities, tables)
+    connection = source.connection
+    assert (
+        connection.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        == retrieval._default_memory_limit()
+    )
+
+
+def test_the_number_of_readers_is_checked(
+    entities: pa.Table, tables: dict[str, pa.Table], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    source = ParquetFilesSource(component_files(tables, tmp_path))
+    monkeypatch.setenv("FCC_RETRIEVAL_READERS", "2")
+    assert_matches_reference(retrieve_point_in_time(entities, FEATURES, source), entities, tables)
+    for bad in ("0", "two", "-1", "17"):
+        monkeypatch.setenv("FCC_RETRIEVAL_READERS", bad)
+        with pytest.raises(
+            RetrievalError, match=f"FCC_RETRIEVAL_READERS must be a whole number from 1 to 16, not '{bad}'"
+        ):
+            retrieve_point_in_time(entities, FEATURES, source)
 
 
 @dataclass
@@ -859,12 +881,33 @@ def test_reading_ahead_keeps_one_batch_ahead_and_stops_with_its_caller() -> None
     assert seen == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)]
     assert closed == [0, 1]
 
+    # Two readers: the second iterator is read while the caller is on the first, one batch ahead of it.
+    produced.clear()
+    closed.clear()
+    with retrieval._ReadAhead(
+        [lambda: batches(0, 4), lambda: batches(1, 3), lambda: batches(2, 2)], readers=2
+    ) as sources:
+        seen = []
+        for position, iterator in enumerate(sources):
+            for number in iterator:
+                time.sleep(0.05)
+                seen.append((position, number))
+                ahead = [
+                    sum(1 for p in produced if p[0] == source) - sum(1 for s in seen if s[0] == source)
+                    for source in range(3)
+                ]
+                assert all(count <= 1 for count in ahead), (seen, produced)
+                if position == 0 and number == 1:
+                    assert (1, 0) in produced  # read while the caller was on the first iterator
+    assert seen == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1)]
+    assert sorted(closed) == [0, 1, 2]
+
     def failing() -> Iterator[int]:
         yield 1
         raise RetrievalError("the store went away")
 
-    def read_all(openers: list[Any], stop_at: int | None = None) -> None:
-        with retrieval._ReadAhead(openers) as sources:
+    def read_all(openers: list[Any], stop_at: int | None = None, readers: int = 1) -> None:
+        with retrieval._ReadAhead(openers, readers=readers) as sources:
             for iterator in sources:
                 for number in iterator:
                     if number == stop_at:
@@ -878,3 +921,12 @@ def test_reading_ahead_keeps_one_batch_ahead_and_stops_with_its_caller() -> None
         read_all([lambda: batches(0, 1000)], stop_at=2)
     assert closed == [0]
     assert len(produced) <= 4
+    # A caller that stops closes every iterator being read, whichever thread reads it.
+    produced.clear()
+    closed.clear()
+    with pytest.raises(KeyError):
+        read_all([lambda: batches(0, 1000), lambda: batches(1, 1000)], stop_at=2, readers=2)
+    assert sorted(closed) == [0, 1]
+    assert len(produced) <= 5
+    with pytest.raises(RetrievalError, match="went away"):
+        read_all([lambda: batches(0, 3), failing], readers=2)
