@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ print(json.dumps({"configured": configured, "mapped": mapped}))
 """
 
 
-def _probe(mode: str, **environment: str) -> dict[str, int | None]:
+def _probe(mode: str, **environment: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FCC_MALLOC", "MALLOC_"))} | environment
     output = subprocess.run(
         [sys.executable, "-c", _PROBE, str(ROOT), mode], capture_output=True, text=True, check=True, env=env
@@ -49,7 +50,7 @@ def _probe(mode: str, **environment: str) -> dict[str, int | None]:
     return dict(json.loads(output))
 
 
-def test_large_blocks_keep_mappings_of_their_own_once_configured():
+def test_large_blocks_keep_mappings_of_their_own_once_configured() -> None:
     # Without the setting, glibc's threshold rose to 4 MiB when that block was freed: 2 MiB comes from the heap,
     # which keeps it when freed.
     assert _probe("leave") == {"configured": None, "mapped": 0}
@@ -58,7 +59,7 @@ def test_large_blocks_keep_mappings_of_their_own_once_configured():
     assert configured["mapped"] >= 2 << 20
 
 
-def test_the_threshold_is_a_setting_and_glibc_own_variable_wins():
+def test_the_threshold_is_a_setting_and_glibc_own_variable_wins() -> None:
     assert _probe("configure", FCC_MALLOC_MMAP_THRESHOLD="0") == {"configured": None, "mapped": 0}
     # Above the block: the heap serves it.
     assert _probe("configure", FCC_MALLOC_MMAP_THRESHOLD=str(3 << 20)) == {"configured": 3 << 20, "mapped": 0}
@@ -67,7 +68,7 @@ def test_the_threshold_is_a_setting_and_glibc_own_variable_wins():
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", str((32 << 20) + 1), "1.5"])
-def test_a_bad_threshold_stops_start_up_naming_the_variable(value):
+def test_a_bad_threshold_stops_start_up_naming_the_variable(value: str) -> None:
     environment = {k: v for k, v in os.environ.items() if k != "FCC_MALLOC_MMAP_THRESHOLD"}
     result = subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
@@ -82,7 +83,7 @@ def test_a_bad_threshold_stops_start_up_naming_the_variable(value):
     )
 
 
-def test_workers_configure_the_allocator_at_start():
+def test_workers_configure_the_allocator_at_start() -> None:
     from celery.signals import worker_init, worker_process_init
 
     from config.celery import _configure_allocator
