@@ -226,7 +226,9 @@ def backfill_create(
     reason: str,
 ) -> Backfill:
     """Checks the source against the catalog and records the backfill; callers have checked permissions
-    (`backfill_request`), or act as the system (`load_demo_data`, breaking changes)."""
+    (`backfill_request`), or act as the system (`load_demo_data`, breaking changes). A component named twice
+    is recorded once."""
+    components = sorted(set(components))
     _check_source(environment, source, components, start_date, end_date)
     with transaction.atomic():
         backfill = Backfill.objects.create(

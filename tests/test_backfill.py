@@ -243,3 +243,32 @@ def test_a_requested_source_must_lie_under_an_allowed_root(users, dev, client_fo
     settings.FCC_BACKFILL_SOURCE_ROOTS = []
     settings.FCC_PARQUET_ROOT = str(tmp_path / "allowed")  # the sample data's root is always allowed
     assert request(client_for("carol"), tmp_path / "allowed" / "src").status_code == 201
+
+
+def test_load_demo_data_provisions_backfills_every_component_and_syncs_once(loaded, settings, tmp_path):
+    """`make run`'s step: sample Parquet generated once, the environment provisioned, one backfill of the eight
+    components (each named once), the online store synced; run again, nothing is done twice."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.FCC_PARQUET_ROOT = str(tmp_path / "parquet")
+    out = StringIO()
+    call_command("load_demo_data", "--env", "dev", "--days", "1", stdout=out)
+    backfill = Backfill.objects.get(environment__name="dev", reason="sample data")
+    assert backfill.state == Backfill.State.SUCCEEDED, backfill.error
+    assert backfill.components == [f"c{n}" for n in range(1, 9)]
+    source_rows = {
+        component: sum(
+            pq.read_metadata(p).num_rows for p in Path(settings.FCC_PARQUET_ROOT).glob(f"*/*/*/*/*/{component}.parquet")
+        )
+        for component in backfill.components
+    }
+    assert backfill.rows_loaded == sum(source_rows.values()) > 0
+    env = Environment.objects.get(name="dev")
+    assert {c: sum(table_counts(env, f"{c}_features").values()) for c in backfill.components} == source_rows
+    assert "online sync: 0 rows" not in out.getvalue()
+
+    call_command("load_demo_data", "--env", "dev", "--days", "1", stdout=StringIO())
+    assert Backfill.objects.filter(environment=env).count() == 1
+    assert {c: sum(table_counts(env, f"{c}_features").values()) for c in backfill.components} == source_rows

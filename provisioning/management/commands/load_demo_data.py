@@ -45,7 +45,8 @@ class Command(BaseCommand):
                 environment=environment, reason="sample data", state=Backfill.State.PENDING
             ).first()
             if backfill is None:
-                components = sorted(environment.features.values_list("component__key", flat=True).distinct())
+                # A set: DISTINCT over a queryset with a default ordering keeps one row per feature.
+                components = sorted(set(environment.features.values_list("component__key", flat=True)))
                 backfill = backfill_create(
                     user=None,
                     environment=environment,
