@@ -16,11 +16,13 @@ storage, over that storage. The storages:
 The issue's "from the offline store's files" targets apply to the duckdb store and the partition files.
 Each case runs in its own process: `seconds` is the best of `--repeat` calls, `first` the first call (it
 also pays for the first touch of the result's memory, about 750 MB for 100,000 rows of 932 columns, which
-some VMs make slow); `peak MB` the growth of the process's peak RSS (VmHWM, reset before the calls) over its
-RSS before them, so loading the data in memory is not counted, the result table is, and so is DuckDB's cache
-of its database file's blocks. Each process sets glibc's allocator as a worker does (provisioning/memory.py;
-FCC_MALLOC_MMAP_THRESHOLD=0 leaves glibc's dynamic mmap threshold). Then one process runs the fast path and
-every DuckDB reference on the same data and counts the cells that differ (must be 0).
+some VMs make slow, and, from the duckdb store, reads every block of the file: the next calls read again only
+those the memory budget, FCC_RETRIEVAL_MEMORY_MIB, left no room for beside the result); `peak MB` the growth
+of the process's peak RSS (VmHWM, reset before the calls) over its RSS before them, so loading the data in
+memory is not counted, the result table is, and so is DuckDB's cache of its database file's blocks. Each
+process sets glibc's allocator as a worker does (provisioning/memory.py; FCC_MALLOC_MMAP_THRESHOLD=0 leaves
+glibc's dynamic mmap threshold). Then one process runs the fast path and every DuckDB reference on the same
+data and counts the cells that differ (must be 0).
 
     .venv/bin/python bench/pit_bench.py [--days 5] [--rows 10000,100000] [--repeat 3] [--storage ...]
 """
@@ -52,6 +54,8 @@ from provisioning.retrieval import (  # noqa: E402
     ParquetFilesSource,
     ParquetLayoutSource,
     event_window,
+    memory_budget,
+    memory_plan,
     retrieve_point_in_time,
 )
 
@@ -217,8 +221,10 @@ def _reset_hwm() -> None:
 
 def fast_path_source(work: Path, storage: str, entities: Any, features: list[FeatureRef]) -> Any:
     if storage == "duckdb store":
-        # One read-only connection for every call, as DuckDBOfflineStore.session() keeps one for a run.
-        return DuckDBSource(duckdb_connection(work / "offline.duckdb", read_only=True), DATASET)
+        # One read-only connection for every call, as DuckDBOfflineStore keeps one for a training job's batches,
+        # keeping the blocks the memory budget leaves room for beside a call's result, as it does.
+        keep = memory_plan(entities.num_rows, features).keep_bytes
+        return DuckDBSource(duckdb_connection(work / "offline.duckdb", read_only=True), DATASET, keep_bytes=keep)
     if storage == "partition files":
         return ParquetFilesSource(json.loads((work / "partitions.json").read_text()))
     if storage == "hour files":
@@ -359,6 +365,11 @@ def main() -> None:
                 else "glibc's own mmap threshold"
             )
             + " (FCC_MALLOC_MMAP_THRESHOLD=0: glibc's dynamic threshold)"
+        )
+        print(
+            f"memory budget of a call: {memory_budget() / 2**20:g} MiB for its result and, where it leaves room, a "
+            "second reader, then the duckdb store's blocks kept (FCC_RETRIEVAL_MEMORY_MIB; 0: one reader, no block "
+            "kept)"
         )
         print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
         header = (

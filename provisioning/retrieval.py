@@ -140,19 +140,65 @@ class BatchedFeatureSource(FeatureSource, Protocol):
 # size on top of the result (103 MB for the bench's widest over 5 days, 38 MB), which grows with the window;
 # a batch bounds it whatever the window, at no measurable cost over 5 days.
 COLUMNS_PER_READ = 64
-# Components a retrieval from a source that reads has read at once (FCC_RETRIEVAL_READERS), besides the one
-# being gathered. A DuckDB scan of a table of one row group, or a Parquet file's decode, runs on one core: on two
-# cores two readers take the DuckDB store's 10,000-row retrieval of the bench from 0.47-0.62 s to 0.41-0.49 s
-# and its 100,000-row one from 0.73-0.75 s to 0.57-0.59 s, but hold 30-65 MB more (each reader a batch and
-# DuckDB's blocks for its scan): 786-790 MB become 807-855 MB at 100,000 rows.
+# The memory a point-in-time call may take (FCC_RETRIEVAL_MEMORY_MIB) for its result and, when the result leaves
+# room, for reading faster: first a second reader (FCC_RETRIEVAL_READERS, when not set), then the DuckDB store's
+# blocks kept from one call to the next on the same connection (a training job's batches read the same blocks).
+# A call whose result takes the budget reads as it would at 0: one reader, every block dropped after each
+# component. A DuckDB scan of a table of one row group, or a Parquet file's decode, runs on one core, so on two
+# cores a second reader (a batch and its scan: 30-65 MB) cuts the DuckDB store's 10,000-row call of the bench
+# from 0.66-0.68 s to 0.47-0.53 s; its 150 MB of blocks kept too, 0.39-0.44 s from the second call on, 330-350 MB
+# peak (before: 178). 100,000 rows (745 MB of result) read as before: 790-797 MB.
+_BUDGET_VARIABLE = "FCC_RETRIEVAL_MEMORY_MIB"
+DEFAULT_MEMORY_MIB = 384
 _READERS_VARIABLE = "FCC_RETRIEVAL_READERS"
+# What a reader holds besides the others' (a batch of COLUMNS_PER_READ columns and DuckDB's scan of it).
+_READER_BYTES = 64 * 2**20
+# Bytes a value of a result column takes, by catalog dtype (strings: an offset and a short text), besides its
+# validity bit.
+_VALUE_BYTES = {"float64": 8, "int64": 8, "numeric": 16, "bool": 0, "string": 20}
 
 
-def _readers() -> int:
-    raw = os.environ.get(_READERS_VARIABLE, "").strip() or "1"
+def memory_budget() -> int:
+    """FCC_RETRIEVAL_MEMORY_MIB in bytes, or the default; anything but a whole number of MiB from 0 to 1048576
+    raises RetrievalError naming the variable."""
+    raw = os.environ.get(_BUDGET_VARIABLE, "").strip() or str(DEFAULT_MEMORY_MIB)
+    if not raw.isdigit() or int(raw) > 1 << 20:
+        raise RetrievalError(f"{_BUDGET_VARIABLE} must be a whole number of MiB from 0 to {1 << 20}, not {raw!r}")
+    return int(raw) << 20
+
+
+def _readers_set() -> int | None:
+    raw = os.environ.get(_READERS_VARIABLE, "").strip()
+    if not raw:
+        return None
     if not raw.isdigit() or not 1 <= int(raw) <= 16:
         raise RetrievalError(f"{_READERS_VARIABLE} must be a whole number from 1 to 16, not {raw!r}")
     return int(raw)
+
+
+def result_bytes(rows: int, features: Sequence[FeatureRef]) -> int:
+    """About what retrieve_point_in_time's feature columns take for `rows` entity rows."""
+    bits = sum(8 * _VALUE_BYTES.get(ref.dtype, 8) + 1 + (ref.dtype == "bool") for ref in features)
+    return rows * bits // 8
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a call for a number of entity rows reads within the memory budget: `readers` components at once,
+    and `keep_bytes` of the DuckDB store's blocks kept (DuckDBSource.keep_bytes)."""
+
+    readers: int
+    keep_bytes: int
+
+
+def memory_plan(rows: int, features: Sequence[FeatureRef], *, budget: int | None = None) -> MemoryPlan:
+    """The plan for a call for `rows` entity rows within `budget` bytes (FCC_RETRIEVAL_MEMORY_MIB unless
+    given). FCC_RETRIEVAL_READERS, when set, fixes the readers whatever the budget."""
+    left = (memory_budget() if budget is None else budget) - result_bytes(rows, features)
+    readers = _readers_set()
+    if readers is None:
+        readers = 2 if (os.cpu_count() or 1) > 1 and left >= _READER_BYTES else 1
+    return MemoryPlan(readers, max(0, left - (readers - 1) * _READER_BYTES))
 
 
 def _column_batches(columns: Iterable[str], per_read: int) -> list[list[str]]:
@@ -371,7 +417,7 @@ class ParquetFilesSource(_ReadsInBatches):
 # the second for a moment, which evicts the rest (DuckDB hands their memory back to the system then: the next
 # read faults it in again, about 0.1 s for the bench's 5 days).
 _SCAN_MEMORY_LIMIT = 48 * 2**20
-_EVICTION_LIMIT = "1MB"
+_EVICTION_LIMIT = 2**20
 # What a scan needs at least, per scanning thread and column: the column's block and room for the next.
 _SCAN_MEMORY_PER_COLUMN = 2 * 256 * 2**10
 # Rows per record batch of a streamed DuckDB result.
@@ -403,12 +449,15 @@ class DuckDBSource(_ReadsInBatches):
     restores exactly (DuckDB shows a limit rounded down and parses it back lower still: 18.8 GiB, set again,
     shows 18.7 GiB), so a limit set by someone else is left alone, and the blocks with it. A batch that needs
     more memory than the lowered limit is read again under the default. The next call reads the blocks from the
-    file again (the operating system's cache, normally)."""
+    file again (the operating system's cache, normally), but for `keep_bytes` of them (memory_plan: what the
+    call's result leaves of the memory budget), which stay while the connection is open: the limit is
+    `keep_bytes` while it reads, if that is more, and the blocks are dropped down to it after."""
 
     connection: Any  # duckdb.DuckDBPyConnection
     dataset: str
     columns_per_read: int = COLUMNS_PER_READ  # 0: all at once
     scan_memory_limit: int | None = _SCAN_MEMORY_LIMIT  # bytes
+    keep_bytes: int = 0
     # The components being read: the limit is lowered by the first and put back by the last.
     _reading: int = field(default=0, init=False, repr=False, compare=False)
     _lowered: bool = field(default=False, init=False, repr=False, compare=False)
@@ -424,14 +473,16 @@ class DuckDBSource(_ReadsInBatches):
                 threads = int(connection.execute("SELECT current_setting('threads')").fetchall()[0][0])
                 needed = threads * (columns + len(_key_fields())) * _SCAN_MEMORY_PER_COLUMN
                 try:
-                    connection.execute(f"SET memory_limit = '{max(int(floor), needed) // 2**10}KiB'")
+                    limit = max(int(floor), needed, self.keep_bytes)
+                    connection.execute(f"SET memory_limit = '{limit // 2**10}KiB'")
                 except duckdb.OutOfMemoryException:
                     return  # more than that is pinned: DuckDB left the limit as it was
                 self._lowered = True
 
     def _reset_limit(self, connection: Any, *, done: bool) -> None:
         """Puts the limit back: for a batch that needs more (not `done`), or after the last component being read,
-        whose blocks are dropped first (the limit lowered to 1 MB evicts every block no query has pinned)."""
+        whose blocks are dropped first down to `keep_bytes` (the limit lowered to 1 MB evicts every block no query
+        has pinned)."""
         import duckdb
 
         with self._reading_lock:
@@ -440,7 +491,8 @@ class DuckDBSource(_ReadsInBatches):
             if self._lowered and (self._reading == 0 or not done):
                 try:
                     if done:
-                        connection.execute(f"SET memory_limit = '{_EVICTION_LIMIT}'")
+                        kept = max(_EVICTION_LIMIT, self.keep_bytes)
+                        connection.execute(f"SET memory_limit = '{kept // 2**10}KiB'")
                 except duckdb.OutOfMemoryException:
                     pass  # more than that is pinned: DuckDB evicted what it could and left the limit as it was
                 finally:
@@ -1016,7 +1068,7 @@ def retrieve_point_in_time(
     `event_timestamp` (timezone-naive timestamps are UTC) and any label columns. Components are gathered on
     `threads` threads (default: the number of cores, at most 4, for an ArrowSource; one at a time for sources
     that read, whose readers have threads of their own). A source that reads is read by `readers` threads
-    (default: FCC_RETRIEVAL_READERS, else 1), each a component at a time, ahead of the gather.
+    (default: memory_plan's, within FCC_RETRIEVAL_MEMORY_MIB), each a component at a time, ahead of the gather.
     """
     table = _entity_table(entities)
     names = _output_names(table, features)
@@ -1085,7 +1137,7 @@ def retrieve_point_in_time(
     else:
         # A source that reads: the next batches are read (decoded, the GIL released) while this one is gathered.
         openers = [functools.partial(component_tables, *group) for group in groups]
-        with _ReadAhead(openers, readers=readers or _readers()) as batches:
+        with _ReadAhead(openers, readers=readers or memory_plan(table.num_rows, features).readers) as batches:
             for (component, refs), tables in zip(groups, batches, strict=True):
                 columns.update(component_columns(component, refs, tables))
     return pa.Table.from_arrays(

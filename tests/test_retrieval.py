@@ -30,11 +30,13 @@ from provisioning.retrieval import (
     ArrowSource,
     DuckDBSource,
     FeatureRef,
+    MemoryPlan,
     ParquetFilesSource,
     ParquetLayoutSource,
     RetrievalError,
     event_window,
     feature_refs_from_specs,
+    memory_plan,
     read_entity_file,
     rebatched,
     retrieve_point_in_time,
@@ -321,6 +323,39 @@ def test_the_number_of_readers_is_checked(
             RetrievalError, match=f"FCC_RETRIEVAL_READERS must be a whole number from 1 to 16, not '{bad}'"
         ):
             retrieve_point_in_time(entities, FEATURES, source)
+
+
+def test_the_memory_budget_plans_readers_and_kept_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call's result is estimated from its rows and the features' types; what it leaves of the budget buys a
+    second reader first (on more than one core), then kept blocks. FCC_RETRIEVAL_READERS, when set, wins."""
+    monkeypatch.delenv("FCC_RETRIEVAL_READERS", raising=False)
+    monkeypatch.delenv("FCC_RETRIEVAL_MEMORY_MIB", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    features = [FeatureRef(f"f{i}", "c1", f"f{i}", 60) for i in range(100)]  # float64: 8 bytes and a bit
+    assert retrieval.result_bytes(8_000, features) == 8_000 * 100 * 65 // 8
+    assert retrieval.result_bytes(8, [FeatureRef("b", "c1", "b", 60, "bool")]) == 2  # two bits a row
+    mib = 2**20
+    assert retrieval.memory_budget() == retrieval.DEFAULT_MEMORY_MIB * mib
+    result = retrieval.result_bytes(10_000, features)
+    budget = 200 * mib
+    assert memory_plan(10_000, features, budget=budget) == MemoryPlan(2, budget - result - 64 * mib)
+    # Room for kept blocks but not for a second reader's 64 MiB: one reader, what is left kept.
+    assert memory_plan(10_000, features, budget=result + 10 * mib) == MemoryPlan(1, 10 * mib)
+    assert memory_plan(10_000, features, budget=result // 2) == MemoryPlan(1, 0)
+    assert memory_plan(10_000, features, budget=0) == MemoryPlan(1, 0)
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert memory_plan(10_000, features, budget=budget) == MemoryPlan(1, budget - result)
+    monkeypatch.setenv("FCC_RETRIEVAL_READERS", "3")
+    assert memory_plan(10_000, features, budget=budget) == MemoryPlan(3, budget - result - 128 * mib)
+    assert memory_plan(10_000, features, budget=0) == MemoryPlan(3, 0)
+    monkeypatch.delenv("FCC_RETRIEVAL_READERS")
+    monkeypatch.setenv("FCC_RETRIEVAL_MEMORY_MIB", "1024")
+    assert retrieval.memory_budget() == 1024 * mib
+    for bad in ("-1", "lots", "1.5", str((1 << 20) + 1)):
+        monkeypatch.setenv("FCC_RETRIEVAL_MEMORY_MIB", bad)
+        message = f"FCC_RETRIEVAL_MEMORY_MIB must be a whole number of MiB from 0 to 1048576, not '{bad}'"
+        with pytest.raises(RetrievalError, match=re.escape(message)):
+            memory_plan(10, features)
 
 
 @dataclass
@@ -840,6 +875,17 @@ def test_the_duckdb_store_keeps_at_most_its_scan_limit_of_blocks(tmp_path: Path,
     assert results[0].equals(results[1])
     assert results[0].equals(results[2])
     assert results[0]["f3"].null_count == 0
+    # Blocks kept for the next call on the connection: at most `keep_bytes` of them, however many were read.
+    for keep, least, most in ((24 * 2**20, 8 * 2**20, 25 * 2**20), (2**30, 64 * 2**20, 2**30)):
+        with duckdb.connect(str(path), read_only=True, config={"threads": 2}) as connection:
+            before = limit(connection)
+            source = Watched(connection, "ds", columns_per_read=8, keep_bytes=keep)
+            assert retrieve_point_in_time(entities, features, source).equals(results[0])
+            assert limit(connection) == before
+            assert least < held(connection) <= most
+            assert max(source.during) <= max(keep, 48 * 2**20) + 2**20
+            assert retrieve_point_in_time(entities, features, source).equals(results[0])
+            assert least < held(connection) <= most
     with duckdb.connect(str(path), read_only=True) as connection:
         connection.execute("SET memory_limit = '3GB'")
         before = limit(connection)

@@ -308,20 +308,26 @@ class DuckDBOfflineStore(OfflineStore):
         return {day: int(counts.get(day, 0)) for day in dates}
 
     def point_in_time(self, entities: Any, features: Sequence[Any]) -> Any:
-        from provisioning.retrieval import DuckDBSource, retrieve_point_in_time
+        from provisioning.retrieval import DuckDBSource, memory_plan, retrieve_point_in_time
 
+        plan = memory_plan(entities.num_rows, features)
         with self.connect(read_only=True) as connection:
-            return retrieve_point_in_time(entities, features, DuckDBSource(connection, self.dataset))
+            source = DuckDBSource(connection, self.dataset, keep_bytes=plan.keep_bytes)
+            return retrieve_point_in_time(entities, features, source, readers=plan.readers)
 
     def point_in_time_batches(self, entities: Any, features: Sequence[Any], rows_per_batch: int) -> Iterator[Any]:
-        from provisioning.retrieval import DuckDBSource, retrieve_point_in_time
+        from provisioning.retrieval import DuckDBSource, memory_plan, retrieve_point_in_time
 
         # One connection for every batch: while it is open no other process can write the file (DuckDB locks it
-        # for a writer), so every batch reads the same data.
+        # for a writer), so every batch reads the same data, and the blocks a batch's result leaves room for in
+        # the memory budget are read once.
+        plan = memory_plan(min(entities.num_rows, max(1, rows_per_batch)), features)
         with self.connect(read_only=True) as connection:
-            source = DuckDBSource(connection, self.dataset)
+            source = DuckDBSource(connection, self.dataset, keep_bytes=plan.keep_bytes)
             for start in range(0, max(entities.num_rows, 1), max(1, rows_per_batch)):
-                yield retrieve_point_in_time(entities.slice(start, rows_per_batch), features, source)
+                yield retrieve_point_in_time(
+                    entities.slice(start, rows_per_batch), features, source, readers=plan.readers
+                )
 
     def describe(self) -> dict[str, LiveTable]:
         if not self.path.exists():
