@@ -12,7 +12,7 @@ from typing import Any
 import dj_database_url
 import django_stubs_ext
 
-from provisioning.memory import mmap_threshold_wanted
+from provisioning.memory import mmap_threshold_wanted, retrieval_memory_budget, retrieval_readers
 
 # Lets generic classes (ModelAdmin[Team], QuerySet[Feature]) be subscripted at run time, as mypy sees them.
 django_stubs_ext.monkeypatch()
@@ -259,6 +259,9 @@ FCC_TRAINING_ROWS_PER_BATCH = int(os.environ.get("FCC_TRAINING_ROWS_PER_BATCH", 
 # glibc's mmap threshold in workers (provisioning/memory.py), checked here so a bad value stops start-up with its
 # reason; the worker reads it from the environment itself, before Django is set up.
 FCC_MALLOC_MMAP_THRESHOLD = mmap_threshold_wanted()
+# The point-in-time retrieval's memory budget and readers (provisioning/memory.py), checked here for the same reason.
+FCC_RETRIEVAL_MEMORY_BYTES = retrieval_memory_budget()
+FCC_RETRIEVAL_READERS = retrieval_readers()
 _REAPER_SECONDS = float(os.environ.get("FCC_REAPER_SECONDS", "60"))
 _ONLINE_SYNC_SECONDS = float(os.environ.get("FCC_ONLINE_SYNC_SECONDS", "60"))
 _DRIFT_SECONDS = float(os.environ.get("FCC_DRIFT_SECONDS", "900"))

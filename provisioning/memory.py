@@ -12,6 +12,9 @@ trade: below ~1 MiB the extra mmap/munmap calls (and the page faults of fresh ma
 MiB the arenas keep more. `FCC_MALLOC_MMAP_THRESHOLD` sets it in bytes (0: leave glibc's dynamic threshold);
 glibc's own `MALLOC_MMAP_THRESHOLD_`, when set, wins, as glibc reads it at start. Nothing is done on a C
 library other than glibc.
+
+The point-in-time retrieval's memory settings are read here too (provisioning/retrieval.py uses them), so the
+settings module checks them at start without importing Arrow.
 """
 
 import ctypes
@@ -65,3 +68,30 @@ def allocator_configure() -> int | None:
         logger.warning("mallopt refused the mmap threshold", extra={"threshold": wanted})
         return None
     return wanted
+
+
+RETRIEVAL_MEMORY_ENVIRONMENT = "FCC_RETRIEVAL_MEMORY_MIB"
+DEFAULT_RETRIEVAL_MEMORY_MIB = 384
+RETRIEVAL_READERS_ENVIRONMENT = "FCC_RETRIEVAL_READERS"
+
+
+def retrieval_memory_budget() -> int:
+    """FCC_RETRIEVAL_MEMORY_MIB in bytes, or the default; anything but a whole number of MiB from 0 to 1048576
+    raises ValueError naming the variable."""
+    raw = os.environ.get(RETRIEVAL_MEMORY_ENVIRONMENT, "").strip() or str(DEFAULT_RETRIEVAL_MEMORY_MIB)
+    if not raw.isdigit() or int(raw) > 1 << 20:
+        raise ValueError(
+            f"{RETRIEVAL_MEMORY_ENVIRONMENT} must be a whole number of MiB from 0 to {1 << 20}, not {raw!r}"
+        )
+    return int(raw) << 20
+
+
+def retrieval_readers() -> int | None:
+    """FCC_RETRIEVAL_READERS, or None when it is not set; anything but a whole number from 1 to 16 raises
+    ValueError naming the variable."""
+    raw = os.environ.get(RETRIEVAL_READERS_ENVIRONMENT, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 16:
+        raise ValueError(f"{RETRIEVAL_READERS_ENVIRONMENT} must be a whole number from 1 to 16, not {raw!r}")
+    return int(raw)

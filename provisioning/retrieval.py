@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from provisioning import memory
 from provisioning.ddl import ident, qualified
 
 ENTITY_COLUMNS = ("symbol", "dte", "event_timestamp")
@@ -148,9 +149,7 @@ COLUMNS_PER_READ = 64
 # cores a second reader (a batch and its scan: 30-65 MB) cuts the DuckDB store's 10,000-row call of the bench
 # from 0.66-0.68 s to 0.47-0.53 s; its 150 MB of blocks kept too, 0.39-0.44 s from the second call on, 330-350 MB
 # peak (before: 178). 100,000 rows (745 MB of result) read as before: 790-797 MB.
-_BUDGET_VARIABLE = "FCC_RETRIEVAL_MEMORY_MIB"
-DEFAULT_MEMORY_MIB = 384
-_READERS_VARIABLE = "FCC_RETRIEVAL_READERS"
+DEFAULT_MEMORY_MIB = memory.DEFAULT_RETRIEVAL_MEMORY_MIB
 # What a reader holds besides the others' (a batch of COLUMNS_PER_READ columns and DuckDB's scan of it).
 _READER_BYTES = 64 * 2**20
 # Bytes a value of a result column takes, by catalog dtype (strings: an offset and a short text), besides its
@@ -159,21 +158,18 @@ _VALUE_BYTES = {"float64": 8, "int64": 8, "numeric": 16, "bool": 0, "string": 20
 
 
 def memory_budget() -> int:
-    """FCC_RETRIEVAL_MEMORY_MIB in bytes, or the default; anything but a whole number of MiB from 0 to 1048576
-    raises RetrievalError naming the variable."""
-    raw = os.environ.get(_BUDGET_VARIABLE, "").strip() or str(DEFAULT_MEMORY_MIB)
-    if not raw.isdigit() or int(raw) > 1 << 20:
-        raise RetrievalError(f"{_BUDGET_VARIABLE} must be a whole number of MiB from 0 to {1 << 20}, not {raw!r}")
-    return int(raw) << 20
+    """FCC_RETRIEVAL_MEMORY_MIB in bytes, or the default (a bad value: RetrievalError naming the variable)."""
+    try:
+        return memory.retrieval_memory_budget()
+    except ValueError as error:
+        raise RetrievalError(str(error)) from None
 
 
 def _readers_set() -> int | None:
-    raw = os.environ.get(_READERS_VARIABLE, "").strip()
-    if not raw:
-        return None
-    if not raw.isdigit() or not 1 <= int(raw) <= 16:
-        raise RetrievalError(f"{_READERS_VARIABLE} must be a whole number from 1 to 16, not {raw!r}")
-    return int(raw)
+    try:
+        return memory.retrieval_readers()
+    except ValueError as error:
+        raise RetrievalError(str(error)) from None
 
 
 def result_bytes(rows: int, features: Sequence[FeatureRef]) -> int:

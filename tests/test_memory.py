@@ -67,20 +67,31 @@ def test_the_threshold_is_a_setting_and_glibc_own_variable_wins() -> None:
     assert _probe("configure", MALLOC_MMAP_THRESHOLD_=str(8 << 20)) == {"configured": None, "mapped": 0}
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", str((32 << 20) + 1), "1.5"])
-def test_a_bad_threshold_stops_start_up_naming_the_variable(value: str) -> None:
-    environment = {k: v for k, v in os.environ.items() if k != "FCC_MALLOC_MMAP_THRESHOLD"}
+@pytest.mark.parametrize(
+    ("variable", "value", "rule"),
+    [
+        *(
+            ("FCC_MALLOC_MMAP_THRESHOLD", v, f"a whole number of bytes from 0 to {32 << 20}")
+            for v in ["abc", "-1", str((32 << 20) + 1), "1.5"]
+        ),
+        *(
+            ("FCC_RETRIEVAL_MEMORY_MIB", v, "a whole number of MiB from 0 to 1048576")
+            for v in ["-1", "1.5", "lots", "1048577"]
+        ),
+        *(("FCC_RETRIEVAL_READERS", v, "a whole number from 1 to 16") for v in ["0", "17", "two"]),
+    ],
+)
+def test_a_bad_memory_setting_stops_start_up_naming_the_variable(variable: str, value: str, rule: str) -> None:
+    environment = {k: v for k, v in os.environ.items() if k != variable}
     result = subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env=environment | {"FCC_MALLOC_MMAP_THRESHOLD": value, "DJANGO_SETTINGS_MODULE": "config.settings"},
+        env=environment | {variable: value, "DJANGO_SETTINGS_MODULE": "config.settings"},
     )
     assert result.returncode != 0
-    assert f"FCC_MALLOC_MMAP_THRESHOLD must be a whole number of bytes from 0 to {32 << 20}, not '{value}'" in (
-        result.stderr
-    )
+    assert f"{variable} must be {rule}, not '{value}'" in result.stderr
 
 
 def test_workers_configure_the_allocator_at_start() -> None:
