@@ -157,19 +157,17 @@ _READER_BYTES = 64 * 2**20
 _VALUE_BYTES = {"float64": 8, "int64": 8, "numeric": 16, "bool": 0, "string": 20}
 
 
+def _setting(read: Callable[[], Any]) -> Any:
+    """A setting read by provisioning/memory.py; a bad value raises RetrievalError naming the variable."""
+    try:
+        return read()
+    except ValueError as error:
+        raise RetrievalError(str(error)) from None
+
+
 def memory_budget() -> int:
-    """FCC_RETRIEVAL_MEMORY_MIB in bytes, or the default (a bad value: RetrievalError naming the variable)."""
-    try:
-        return memory.retrieval_memory_budget()
-    except ValueError as error:
-        raise RetrievalError(str(error)) from None
-
-
-def _readers_set() -> int | None:
-    try:
-        return memory.retrieval_readers()
-    except ValueError as error:
-        raise RetrievalError(str(error)) from None
+    """FCC_RETRIEVAL_MEMORY_MIB in bytes, or the default."""
+    return int(_setting(memory.retrieval_memory_budget))
 
 
 def result_bytes(rows: int, features: Sequence[FeatureRef]) -> int:
@@ -191,7 +189,7 @@ def memory_plan(rows: int, features: Sequence[FeatureRef], *, budget: int | None
     """The plan for a call for `rows` entity rows within `budget` bytes (FCC_RETRIEVAL_MEMORY_MIB unless
     given). FCC_RETRIEVAL_READERS, when set, fixes the readers whatever the budget."""
     left = (memory_budget() if budget is None else budget) - result_bytes(rows, features)
-    readers = _readers_set()
+    readers: int | None = _setting(memory.retrieval_readers)
     if readers is None:
         readers = 2 if (os.cpu_count() or 1) > 1 and left >= _READER_BYTES else 1
     return MemoryPlan(readers, max(0, left - (readers - 1) * _READER_BYTES))
