@@ -239,9 +239,17 @@ def trading_days(start: dt.date, count: int, holidays: Collection[dt.date] = HOL
     return days
 
 
-def recent_start(count: int, today: dt.date, holidays: Collection[dt.date] = HOLIDAYS) -> dt.date:
-    """The first of the last `count` trading days before `today`: a sample that online TTLs still cover."""
-    day = today - dt.timedelta(days=1)
+def session_close(day: dt.date) -> dt.datetime:
+    """When a trading day's last minute (15:29 IST) has ended."""
+    return dt.datetime.combine(day, SESSION_OPEN, tzinfo=IST) + dt.timedelta(minutes=SESSION_MINUTES)
+
+
+def recent_start(count: int, now: dt.datetime, holidays: Collection[dt.date] = HOLIDAYS) -> dt.date:
+    """The first of the last `count` trading sessions closed at `now` (an aware moment; today's counts once
+    15:30 IST has passed): the newest sample the online TTLs can still cover."""
+    day = now.astimezone(IST).date()
+    if not (is_trading_day(day, holidays) and now >= session_close(day)):
+        day -= dt.timedelta(days=1)
     found = 0
     while True:
         if is_trading_day(day, holidays):

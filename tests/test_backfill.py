@@ -247,14 +247,16 @@ def test_a_requested_source_must_lie_under_an_allowed_root(users, dev, client_fo
 
 def test_load_demo_data_provisions_backfills_every_component_and_syncs_once(loaded, settings, tmp_path):
     """`make run`'s step: sample Parquet generated once, the environment provisioned, one backfill of the eight
-    components (each named once), the online store synced; run again, nothing is done twice."""
+    components (each named once), the online store synced; run again, nothing is done twice. The moment is
+    given: what the online TTLs still cover depends on it (the sample is the last closed trading sessions)."""
     from io import StringIO
 
     from django.core.management import call_command
 
     settings.FCC_PARQUET_ROOT = str(tmp_path / "parquet")
     out = StringIO()
-    call_command("load_demo_data", "--env", "dev", "--days", "1", stdout=out)
+    wednesday_evening = "2026-11-25T18:00:00+05:30"
+    call_command("load_demo_data", "--env", "dev", "--days", "1", "--as-of", wednesday_evening, stdout=out)
     backfill = Backfill.objects.get(environment__name="dev", reason="sample data")
     assert backfill.state == Backfill.State.SUCCEEDED, backfill.error
     assert backfill.components == [f"c{n}" for n in range(1, 9)]
@@ -264,11 +266,33 @@ def test_load_demo_data_provisions_backfills_every_component_and_syncs_once(load
         )
         for component in backfill.components
     }
+    # Wednesday's session had closed: the sample is that day.
+    assert {
+        p.relative_to(settings.FCC_PARQUET_ROOT).parts[1:4]
+        for p in Path(settings.FCC_PARQUET_ROOT).glob("*/*/*/*/*/c1.parquet")
+    } == {("2026", "11", "25")}
     assert backfill.rows_loaded == sum(source_rows.values()) > 0
     env = Environment.objects.get(name="dev")
     assert {c: sum(table_counts(env, f"{c}_features").values()) for c in backfill.components} == source_rows
-    assert "online sync: 0 rows" not in out.getvalue()
+    synced = int(out.getvalue().split("online sync: ")[1].split(" rows")[0])
+    assert synced > 0
+    assert "no online feature value" not in out.getvalue()
 
-    call_command("load_demo_data", "--env", "dev", "--days", "1", stdout=StringIO())
+    # Monday noon: Wednesday's minutes are past every online TTL (48 h). Nothing is generated, loaded or
+    # synced again, and the command says why online reads find nothing.
+    out = StringIO()
+    call_command("load_demo_data", "--env", "dev", "--days", "1", "--as-of", "2026-11-30T12:00:00+05:30", stdout=out)
     assert Backfill.objects.filter(environment=env).count() == 1
     assert {c: sum(table_counts(env, f"{c}_features").values()) for c in backfill.components} == source_rows
+    assert "online sync: 0 rows" in out.getvalue()
+    assert (
+        "no online feature value is newer than 2026-11-28 12:00 +0530 (the longest online TTL, 48h, before "
+        "2026-11-30 12:00 +0530)"
+    ) in out.getvalue()
+
+
+def test_load_demo_data_refuses_a_moment_without_offset(loaded):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match=r"--as-of.*'2026-11-25T18:00:00' has no UTC offset"):
+        call_command("load_demo_data", "--env", "dev", "--as-of", "2026-11-25T18:00:00")

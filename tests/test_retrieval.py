@@ -760,7 +760,12 @@ def test_expiry_calendar() -> None:
     assert weekly_expiries("NIFTY", dt.date(2025, 10, 1), 1) == [dt.date(2025, 10, 1)]  # 2 October is a holiday
     assert dt.date(2025, 10, 2) in HOLIDAYS
     assert not is_trading_day(dt.date(2025, 10, 2))
-    assert recent_start(2, dt.date(2025, 8, 18)) == dt.date(2025, 8, 13)  # Friday 15th is a holiday
+    monday = dt.datetime(2025, 8, 18, 9, 0, tzinfo=IST)
+    assert recent_start(2, monday) == dt.date(2025, 8, 13)  # Friday 15th is a holiday
+    # Today's session counts once it has closed (15:30 IST), whatever the clock's zone.
+    assert recent_start(1, dt.datetime(2025, 8, 18, 15, 29, 59, tzinfo=IST)) == dt.date(2025, 8, 14)
+    assert recent_start(1, dt.datetime(2025, 8, 18, 10, 0, tzinfo=dt.UTC)) == dt.date(2025, 8, 18)
+    assert recent_start(2, dt.datetime(2025, 8, 18, 20, 0, tzinfo=dt.UTC)) == dt.date(2025, 8, 14)
 
 
 def test_whole_catalog_one_day(tmp_path: Path) -> None:

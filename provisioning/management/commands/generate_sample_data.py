@@ -4,6 +4,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from provisioning.sample_data import (
     SYMBOLS,
@@ -27,7 +28,7 @@ class Command(BaseCommand):
             "--start",
             type=dt.date.fromisoformat,
             default=None,
-            help="first day, YYYY-MM-DD (default: the first of the last DAYS trading days before today)",
+            help="first day, YYYY-MM-DD (default: the first of the last DAYS trading sessions that have closed)",
         )
         parser.add_argument("--seed", type=int, default=20250810)
         parser.add_argument("--env", default=None, help="take the features from this environment's catalog")
@@ -51,7 +52,7 @@ class Command(BaseCommand):
         else:
             components = components_from_spec_dir()
         root = options["root"] or Path(settings.FCC_PARQUET_ROOT)
-        start = options["start"] or recent_start(options["days"], dt.date.today())
+        start = options["start"] or recent_start(options["days"], timezone.now())
         symbols = [s.strip() for s in options["symbols"].split(",") if s.strip()]
         summary = generate_sample_data(
             root,

@@ -1,16 +1,30 @@
+import argparse
 import datetime as dt
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
+from django.db.models import Max
+from django.utils import timezone
 
 from catalog.models import Environment
+from catalog.rules import ttl_format
 from provisioning.backfill import backfill_create, backfill_execute
-from provisioning.models import Backfill, ProvisioningRun
+from provisioning.models import Backfill, OnlineSyncState, ProvisioningRun
 from provisioning.online_sync import online_sync
 from provisioning.runner import run_execute
 from provisioning.sample_data import components_from_spec_dir, generate_sample_data, recent_start
+
+
+def _aware_datetime(value: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 date and time") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} has no UTC offset (e.g. +05:30 or Z)")
+    return moment
 
 
 class Command(BaseCommand):
@@ -23,12 +37,20 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--env", default="dev")
         parser.add_argument("--days", type=int, default=2)
+        parser.add_argument(
+            "--as-of",
+            type=_aware_datetime,
+            default=None,
+            help="the moment the sample is for, ISO 8601 with a UTC offset (default: now): the sample covers the "
+            "last DAYS trading sessions closed then, and the online sync keeps what the TTLs cover then",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         environment = Environment.objects.get(name=options["env"])
+        now = options["as_of"] or timezone.now()
         root = Path(settings.FCC_PARQUET_ROOT)
         if not any(root.glob("*/*/*/*/*/*.parquet")):
-            start = recent_start(options["days"], dt.date.today())
+            start = recent_start(options["days"], now)
             summary = generate_sample_data(
                 root, components=components_from_spec_dir(), start=start, days=options["days"]
             )
@@ -59,5 +81,15 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"backfill {backfill.pk}: {backfill_execute(backfill_id=backfill.pk, worker='load_demo_data')}"
             )
-        synced = online_sync(environment=environment)
+        synced = online_sync(environment=environment, now=now)
         self.stdout.write(f"online sync: {sum(synced.values())} rows")
+        ttl = environment.features.filter(online=True).aggregate(longest=Max("ttl_seconds"))["longest"]
+        newest = OnlineSyncState.objects.filter(environment=environment).aggregate(newest=Max("watermark"))["newest"]
+        if ttl and (newest is None or newest < now - dt.timedelta(seconds=ttl)):
+            # Minute-level features live 48 h online: from Sunday afternoon to Monday's close (and after a
+            # holiday) the last closed session is older than that, and nothing is left to serve.
+            self.stdout.write(
+                f"no online feature value is newer than {now - dt.timedelta(seconds=ttl):%Y-%m-%d %H:%M %z} (the "
+                f"longest online TTL, {ttl_format(ttl)}, before {now:%Y-%m-%d %H:%M %z}): online reads "
+                "answer every feature missing until newer data is backfilled and synced"
+            )
