@@ -223,8 +223,13 @@ def fast_path_source(work: Path, storage: str, entities: Any, features: list[Fea
     if storage == "duckdb store":
         # One read-only connection for every call, as DuckDBOfflineStore keeps one for a training job's batches,
         # keeping the blocks the memory budget leaves room for beside a call's result, as it does.
-        keep = memory_plan(entities.num_rows, features).keep_bytes
-        return DuckDBSource(duckdb_connection(work / "offline.duckdb", read_only=True), DATASET, keep_bytes=keep)
+        plan = memory_plan(entities.num_rows, features)
+        return DuckDBSource(
+            duckdb_connection(work / "offline.duckdb", read_only=True),
+            DATASET,
+            keep_bytes=plan.keep_bytes,
+            columns_per_read=plan.columns_per_read,
+        )
     if storage == "partition files":
         return ParquetFilesSource(json.loads((work / "partitions.json").read_text()))
     if storage == "hour files":

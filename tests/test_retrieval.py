@@ -327,7 +327,8 @@ def test_the_number_of_readers_is_checked(
 
 def test_the_memory_budget_plans_readers_and_kept_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """A call's result is estimated from its rows and the features' types; what it leaves of the budget buys a
-    second reader first (on more than one core), then kept blocks. FCC_RETRIEVAL_READERS, when set, wins."""
+    second reader first (on more than one core), then kept blocks; a result that leaves no room for a reader's
+    batch is read from the DuckDB store in narrower batches. FCC_RETRIEVAL_READERS, when set, wins."""
     monkeypatch.delenv("FCC_RETRIEVAL_READERS", raising=False)
     monkeypatch.delenv("FCC_RETRIEVAL_MEMORY_MIB", raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
@@ -338,16 +339,18 @@ def test_the_memory_budget_plans_readers_and_kept_blocks(monkeypatch: pytest.Mon
     assert retrieval.memory_budget() == retrieval.DEFAULT_MEMORY_MIB * mib
     result = retrieval.result_bytes(10_000, features)
     budget = 200 * mib
-    assert memory_plan(10_000, features, budget=budget) == MemoryPlan(2, budget - result - 64 * mib)
+    lean = retrieval.LEAN_COLUMNS_PER_READ
+    assert lean < retrieval.COLUMNS_PER_READ
+    assert memory_plan(10_000, features, budget=budget) == MemoryPlan(2, budget - result - 64 * mib, 64)
     # Room for kept blocks but not for a second reader's 64 MiB: one reader, what is left kept.
-    assert memory_plan(10_000, features, budget=result + 10 * mib) == MemoryPlan(1, 10 * mib)
-    assert memory_plan(10_000, features, budget=result // 2) == MemoryPlan(1, 0)
-    assert memory_plan(10_000, features, budget=0) == MemoryPlan(1, 0)
+    assert memory_plan(10_000, features, budget=result + 10 * mib) == MemoryPlan(1, 10 * mib, lean)
+    assert memory_plan(10_000, features, budget=result // 2) == MemoryPlan(1, 0, lean)
+    assert memory_plan(10_000, features, budget=0) == MemoryPlan(1, 0, lean)
     monkeypatch.setattr("os.cpu_count", lambda: 1)
-    assert memory_plan(10_000, features, budget=budget) == MemoryPlan(1, budget - result)
+    assert memory_plan(10_000, features, budget=budget) == MemoryPlan(1, budget - result, 64)
     monkeypatch.setenv("FCC_RETRIEVAL_READERS", "3")
-    assert memory_plan(10_000, features, budget=budget) == MemoryPlan(3, budget - result - 128 * mib)
-    assert memory_plan(10_000, features, budget=0) == MemoryPlan(3, 0)
+    assert memory_plan(10_000, features, budget=budget) == MemoryPlan(3, budget - result - 128 * mib, 64)
+    assert memory_plan(10_000, features, budget=0) == MemoryPlan(3, 0, lean)
     monkeypatch.delenv("FCC_RETRIEVAL_READERS")
     monkeypatch.setenv("FCC_RETRIEVAL_MEMORY_MIB", "1024")
     assert retrieval.memory_budget() == 1024 * mib

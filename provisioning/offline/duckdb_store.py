@@ -312,7 +312,9 @@ class DuckDBOfflineStore(OfflineStore):
 
         plan = memory_plan(entities.num_rows, features)
         with self.connect(read_only=True) as connection:
-            source = DuckDBSource(connection, self.dataset, keep_bytes=plan.keep_bytes)
+            source = DuckDBSource(
+                connection, self.dataset, keep_bytes=plan.keep_bytes, columns_per_read=plan.columns_per_read
+            )
             return retrieve_point_in_time(entities, features, source, readers=plan.readers)
 
     def point_in_time_batches(self, entities: Any, features: Sequence[Any], rows_per_batch: int) -> Iterator[Any]:
@@ -323,7 +325,9 @@ class DuckDBOfflineStore(OfflineStore):
         # the memory budget are read once.
         plan = memory_plan(min(entities.num_rows, max(1, rows_per_batch)), features)
         with self.connect(read_only=True) as connection:
-            source = DuckDBSource(connection, self.dataset, keep_bytes=plan.keep_bytes)
+            source = DuckDBSource(
+                connection, self.dataset, keep_bytes=plan.keep_bytes, columns_per_read=plan.columns_per_read
+            )
             for start in range(0, max(entities.num_rows, 1), max(1, rows_per_batch)):
                 yield retrieve_point_in_time(
                     entities.slice(start, rows_per_batch), features, source, readers=plan.readers
