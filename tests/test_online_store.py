@@ -50,8 +50,10 @@ ATM_IV = OnlineFeature("atm_iv", "float64", H48, "c1")
 STRADDLE = OnlineFeature("straddle_premium", "float64", H48, "c1")
 GEX = OnlineFeature("gamma_exposure", "float64", D30, "c2")
 VWAP = OnlineFeature("vwap_distance", "float64", H48, "c3")
-ENTITY = "NIFTY_202611271015_3"
-T0 = datetime(2026, 11, 27, 10, 15, tzinfo=UTC)
+# An hour ago: Redis expires a row at its newest event time plus the longest TTL by the wall clock, so the
+# event times written must be recent (a fixed date expired two days after it was written here).
+T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(second=0, microsecond=0)
+ENTITY = f"NIFTY_{T0:%Y%m%d%H%M}_3"
 
 STORE_NAME = f"projects/{PROJECT}/locations/{REGION}/featureOnlineStores/market_regime_{ENV}"
 VIEW_NAME = f"{STORE_NAME}/featureViews/{VIEW}"
@@ -635,7 +637,7 @@ def test_fetch_feature_values_maps_present_missing_and_expired(fake):
     store = vertex(fake)
     store.update(spec(ATM_IV, STRADDLE, GEX))
     fake.serve(VIEW_NAME, ENTITY, {"atm_iv": (0.0, T0), "gamma_exposure": (4.25, T0 - timedelta(days=31))})
-    values = store.read([ENTITY, "BANKNIFTY_202611271015_3"], ["atm_iv", "straddle_premium", "gamma_exposure"], T0)
+    values = store.read([ENTITY, f"BANKNIFTY_{T0:%Y%m%d%H%M}_3"], ["atm_iv", "straddle_premium", "gamma_exposure"], T0)
     assert values[ENTITY]["atm_iv"].status == "present"
     assert values[ENTITY]["atm_iv"].value == 0.0
     assert values[ENTITY]["atm_iv"].event_time == T0
@@ -643,7 +645,7 @@ def test_fetch_feature_values_maps_present_missing_and_expired(fake):
     assert (values[ENTITY]["straddle_premium"].status, values[ENTITY]["straddle_premium"].value) == ("missing", None)
     assert values[ENTITY]["gamma_exposure"].status == "expired"
     # Bigtable online serving answers NOT_FOUND for an entity it does not hold.
-    assert {v.status for v in values["BANKNIFTY_202611271015_3"].values()} == {"missing"}
+    assert {v.status for v in values[f"BANKNIFTY_{T0:%Y%m%d%H%M}_3"].values()} == {"missing"}
     [fetch, *_] = fake.calls("FetchFeatureValues")
     assert fetch.body["dataKey"] == {"key": ENTITY}
     assert fetch.name == VIEW_NAME
@@ -664,7 +666,7 @@ def test_direct_writes_go_over_grpc_with_the_event_time(fake):
     [item] = write.body["dataKeyAndFeatureValues"]
     assert item["dataKey"] == {"key": ENTITY}
     assert item["features"] == [
-        {"name": "atm_iv", "value": {"doubleValue": 3.0, "metadata": {"generateTime": "2026-11-27T10:15:00Z"}}}
+        {"name": "atm_iv", "value": {"doubleValue": 3.0, "metadata": {"generateTime": f"{T0:%Y-%m-%dT%H:%M:%SZ}"}}}
     ]
 
 
