@@ -247,6 +247,8 @@ def session_close(day: dt.date) -> dt.datetime:
 def recent_start(count: int, now: dt.datetime, holidays: Collection[dt.date] = HOLIDAYS) -> dt.date:
     """The first of the last `count` trading sessions closed at `now` (an aware moment; today's counts once
     15:30 IST has passed): the newest sample the online TTLs can still cover."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, not {count}")
     day = now.astimezone(IST).date()
     if not (is_trading_day(day, holidays) and now >= session_close(day)):
         day -= dt.timedelta(days=1)

@@ -291,8 +291,10 @@ def test_load_demo_data_provisions_backfills_every_component_and_syncs_once(load
     ) in out.getvalue()
 
 
-def test_load_demo_data_refuses_a_moment_without_offset(loaded):
+def test_load_demo_data_refuses_a_moment_without_offset_and_no_days(loaded):
     from django.core.management import CommandError, call_command
 
     with pytest.raises(CommandError, match=r"--as-of.*'2026-11-25T18:00:00' has no UTC offset"):
         call_command("load_demo_data", "--env", "dev", "--as-of", "2026-11-25T18:00:00")
+    with pytest.raises(CommandError, match=r"--days.*'0': at least 1"):
+        call_command("load_demo_data", "--env", "dev", "--days", "0")

@@ -769,6 +769,8 @@ def test_expiry_calendar() -> None:
     assert recent_start(1, dt.datetime(2025, 8, 18, 15, 29, 59, tzinfo=IST)) == dt.date(2025, 8, 14)
     assert recent_start(1, dt.datetime(2025, 8, 18, 10, 0, tzinfo=dt.UTC)) == dt.date(2025, 8, 18)
     assert recent_start(2, dt.datetime(2025, 8, 18, 20, 0, tzinfo=dt.UTC)) == dt.date(2025, 8, 14)
+    with pytest.raises(ValueError, match="count must be at least 1, not 0"):
+        recent_start(0, monday)
 
 
 def test_whole_catalog_one_day(tmp_path: Path) -> None:

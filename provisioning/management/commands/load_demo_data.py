@@ -27,6 +27,16 @@ def _aware_datetime(value: str) -> dt.datetime:
     return moment
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: at least 1")
+    return number
+
+
 class Command(BaseCommand):
     help = (
         "Sample data for a laptop: generate a couple of trading days of Parquet (once), provision the environment, "
@@ -36,7 +46,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--env", default="dev")
-        parser.add_argument("--days", type=int, default=2)
+        parser.add_argument("--days", type=_positive, default=2, help="trading days of sample data (default 2)")
         parser.add_argument(
             "--as-of",
             type=_aware_datetime,
