@@ -163,6 +163,12 @@ class GenerationSummary:
     bytes: int
     rows_per_component: dict[str, int] = field(default_factory=dict)
 
+    def __str__(self) -> str:
+        return (
+            f"wrote {self.files} files, {self.rows} rows, {self.bytes / 1e6:.1f} MB to {self.root} "
+            f"({self.days[0]} .. {self.days[-1]}, {len(self.days)} trading days)"
+        )
+
 
 def components_from_specs(documents: Iterable[Mapping[str, Any]]) -> list[ComponentColumns]:
     """Spec documents (`catalog.specs.load_spec_files`) -> the columns to generate; version 1 column names."""

@@ -277,6 +277,7 @@ def test_load_demo_data_provisions_backfills_every_component_and_syncs_once(load
     synced = int(out.getvalue().split("online sync: ")[1].split(" rows")[0])
     assert synced > 0
     assert "no online feature value" not in out.getvalue()
+    assert "sample data: wrote 224 files" in out.getvalue()  # 4 symbols, 7 hours of one day, 8 components
 
     # Monday noon: Wednesday's minutes are past every online TTL (48 h). Nothing is generated, loaded or
     # synced again, and the command says why online reads find nothing.

@@ -63,7 +63,4 @@ class Command(BaseCommand):
             symbols=symbols,
             missing_share=options["missing_share"],
         )
-        self.stdout.write(
-            f"wrote {summary.files} files, {summary.rows} rows, {summary.bytes / 1e6:.1f} MB to {summary.root} "
-            f"({summary.days[0]} .. {summary.days[-1]}, {len(summary.days)} trading days)"
-        )
+        self.stdout.write(str(summary))
