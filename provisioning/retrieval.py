@@ -141,19 +141,19 @@ class BatchedFeatureSource(FeatureSource, Protocol):
 # size on top of the result (103 MB for the bench's widest over 5 days, 38 MB), which grows with the window;
 # a batch bounds it whatever the window, at no measurable cost over 5 days.
 COLUMNS_PER_READ = 64
-# Columns read at a time from the DuckDB store by a call whose result takes the whole memory budget: the batch
-# and the blocks its scan holds shrink with it (the bench's 100,000 rows: 776-784 MB peak instead of 797-805 MB,
-# 737 MB of it the result). Partition files are not read narrower: each batch decodes the files' keys again
-# (16 columns: 813-832 MB instead of 770-782 MB).
+# Columns read at a time from the DuckDB store by a call whose result leaves less of the memory budget than a reader's
+# batch takes (memory_plan): the batch and the blocks its scan holds shrink with it (the bench's 100,000 rows: 776-784
+# MB peak instead of 797-805 MB, 737 MB of it the result). Partition files are not read narrower: each batch decodes the
+# files' keys again (16 columns: 813-832 MB instead of 770-782 MB).
 LEAN_COLUMNS_PER_READ = 16
-# The memory a point-in-time call may take (FCC_RETRIEVAL_MEMORY_MIB) for its result and, when the result leaves
-# room, for reading faster: first a second reader (FCC_RETRIEVAL_READERS, when not set), then the DuckDB store's
-# blocks kept from one call to the next on the same connection (a training job's batches read the same blocks).
-# A call whose result takes the budget reads as it would at 0: one reader, every block dropped after each
-# component. A DuckDB scan of a table of one row group, or a Parquet file's decode, runs on one core, so on two
-# cores a second reader (a batch and its scan: 30-65 MB) cuts the DuckDB store's 10,000-row call of the bench
-# from 0.66-0.68 s to 0.47-0.53 s; its 150 MB of blocks kept too, 0.39-0.44 s from the second call on, 330-350 MB
-# peak (before: 178). 100,000 rows (745 MB of result) read as before: 790-797 MB.
+# The memory a point-in-time call may take (FCC_RETRIEVAL_MEMORY_MIB) for its result and, when the result leaves room,
+# for reading faster: first a second reader (FCC_RETRIEVAL_READERS, when not set), then the DuckDB store's blocks kept
+# from one call to the next on the same connection (a training job's batches read the same blocks). A call whose result
+# takes the budget reads as it would at 0: one reader, every block dropped after each component, LEAN_COLUMNS_PER_READ
+# columns at a time. A DuckDB scan of a table of one row group, or a Parquet file's decode, runs on one core, so on two
+# cores a second reader (a batch and its scan: 30-65 MB) cuts the DuckDB store's 10,000-row call of the bench from
+# 0.66-0.68 s to 0.47-0.53 s; its 150 MB of blocks kept too, 0.39-0.44 s from the second call on, 330-350 MB peak
+# (before: 178). 100,000 rows (737 MB of result): 778-785 MB.
 DEFAULT_MEMORY_MIB = memory.DEFAULT_RETRIEVAL_MEMORY_MIB
 # What a reader holds besides the others' (a batch of COLUMNS_PER_READ columns and DuckDB's scan of it).
 _READER_BYTES = 64 * 2**20
